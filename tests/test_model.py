@@ -66,8 +66,13 @@ def test_response_logps_match_full_logits(model_and_tokenizer, dataset):
 
 def test_rm_never_runs_lm_head(model_and_tokenizer, dataset):
     model, tokenizer = model_and_tokenizer
-    calls = []
-    hook = model.get_output_embeddings().register_forward_hook(lambda *args: calls.append(1))
+    calls = []  # positions lm_head is run on, per call
+
+    def count_positions(_module, inputs, _output):
+        if inputs[0].numel():
+            calls.append(inputs[0].numel())
+
+    hook = model.get_output_embeddings().register_forward_hook(count_positions)
     try:
         batch = PairCollator(tokenizer.pad_token_id)([dataset[i] for i in range(2)])
         Objective(method="rm")(model, batch)
@@ -146,3 +151,42 @@ def test_reward_head_init_depends_on_the_seed_alone(tiny_model):
     other, _ = load_base_model(tiny_model, with_score_head=True, seed=8)
     assert torch.equal(first.score.weight, second.score.weight)
     assert not torch.equal(first.score.weight, other.score.weight)
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_the_three_log_prob_paths_give_equal_values_and_gradients(softcap, monkeypatch):
+    """Frozen-head fused function, kept logits, and per-chunk recompute: same numbers both ways."""
+    from types import SimpleNamespace
+
+    from hafrm import model as model_module
+
+    torch.manual_seed(0)
+    n_rows, length, hidden_size, vocab = 3, 7, 16, 50
+    input_ids = torch.randint(0, vocab, (n_rows, length))
+    response_mask = torch.zeros(n_rows, length, dtype=torch.long)
+    response_mask[:, 3:] = 1
+    response_mask[1, 5:] = 0  # rows of different response lengths
+    weight = torch.randn(vocab, hidden_size)
+    upstream = torch.randn(n_rows)  # the loss's gradient per row
+
+    def run(trainable_head: bool, keep_elements: int):
+        monkeypatch.setattr(model_module, "LOGIT_CHUNK", 4)  # several chunks
+        monkeypatch.setattr(model_module, "LOGIT_KEEP_ELEMENTS", keep_elements)
+        lm_head = torch.nn.Linear(hidden_size, vocab, bias=False)
+        lm_head.weight.data.copy_(weight)
+        lm_head.weight.requires_grad_(trainable_head)
+        config = SimpleNamespace(vocab_size=vocab, final_logit_softcapping=softcap)
+        causal_lm = SimpleNamespace(get_output_embeddings=lambda: lm_head, config=SimpleNamespace(get_text_config=lambda: config))
+        hidden = torch.randn(n_rows, length, hidden_size, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        logps, lengths = model_module.response_logps(causal_lm, hidden, input_ids, response_mask)
+        (logps * upstream).sum().backward()
+        return logps.detach(), lengths, hidden.grad
+
+    fused = run(trainable_head=False, keep_elements=1 << 26)
+    kept = run(trainable_head=True, keep_elements=1 << 26)
+    recomputed = run(trainable_head=True, keep_elements=0)
+    for other in (kept, recomputed):
+        torch.testing.assert_close(fused[0], other[0])
+        assert fused[1].tolist() == other[1].tolist() == [4, 2, 4]
+        torch.testing.assert_close(fused[2], other[2], atol=1e-5, rtol=1e-4)
+    assert fused[2].abs().sum() > 0

@@ -182,6 +182,27 @@ def test_gradient_accumulation_and_eval_data(tiny_model, pairs_file, tmp_path):
     assert evals[-1]["eval_implicit_accuracy"] >= 0
 
 
+def test_group_by_length_batches_pairs_of_similar_length(tiny_model, pairs_file, tmp_path, monkeypatch):
+    from hafrm.data.collator import PairCollator
+
+    batches = []
+    collate = PairCollator.__call__
+
+    def recording(self, rows):
+        batches.append([row["length"] for row in rows])
+        return collate(self, rows)
+
+    monkeypatch.setattr(PairCollator, "__call__", recording)
+    spreads = {}
+    for flags in ([], ["--sampling", "group_by_length"]):
+        batches.clear()
+        train(tiny_model, pairs_file, tmp_path / f"run{len(flags)}", "--method", "rm", "--val-fraction", "0", *flags)
+        assert len(batches) == 12 and all(len(b) == 4 for b in batches)  # 48 pairs, batch 4, one epoch
+        # padding a batch costs (longest - each row): summed over the epoch
+        spreads[bool(flags)] = sum(max(b) * len(b) - sum(b) for b in batches)
+    assert spreads[True] < 0.75 * spreads[False], spreads
+
+
 def test_lora_export_gives_a_full_directory_with_equal_rewards(tiny_model, pairs_file, tmp_path, capsys):
     out = train(
         tiny_model, pairs_file, tmp_path / "run", "--finetune", "lora", "--max-steps", "2", "--val-fraction", "0"

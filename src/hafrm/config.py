@@ -74,6 +74,11 @@ class TrainConfig:
     batch_size: int = _help("pairs per device per step", default=8)
     eval_batch_size: int | None = _help("pairs per evaluation batch (default: batch size)", default=None)
     grad_accum: int = _help("gradient accumulation steps", default=1)
+    sampling: Literal["random", "group_by_length", "sequential"] = _help(
+        "training order: random; group_by_length (pairs of similar length batched together: less padding,"
+        " faster steps, less random batches); sequential (file order, for benchmarks and debugging)",
+        default="random",
+    )
     lr: float = _help("peak learning rate", default=1e-5)
     lr_scheduler: str = _help("transformers scheduler name", default="linear")
     warmup_steps: int = _help("linear warm-up steps", default=0)

@@ -18,47 +18,45 @@ import json
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .config import EvalConfig, ScoreConfig, TrainConfig
 from .data import PairCollator, load_data, tokenize_pairs
-from .data.collator import pad_rows
 from .data.stats import longer_is_better_accuracy
 from .data.tokenize import encode_response
 from .losses import needs_reference
 from .metrics import comparison, fit_combination, grouped, perplexity
-from .model import forward_rows, load_base_model, load_tokenizer, load_trained, read_hafrm_config
+from .model import load_base_model, load_tokenizer, load_trained, read_hafrm_config, score_sequences
 from .reference import add_reference_logps
 
 
-def _length_order(dataset) -> list[int]:
-    """Indices longest-first, so each batch pads to similar lengths."""
-    lengths = [max(len(c), len(r)) for c, r in zip(dataset["chosen_input_ids"], dataset["rejected_input_ids"])]
-    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
-
-
-@torch.no_grad()
 def pair_scores(model, dataset, collator, batch_size: int, need_rewards: bool, need_logps: bool) -> dict:
-    """Per-pair rewards and response log-probs, in dataset order, as CPU tensors [N]."""
-    order = _length_order(dataset)
-    collected: dict[str, list[torch.Tensor]] = {}
-    for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch"):
-        indices = order[start : start + batch_size]
-        batch = collator([dataset[i] for i in indices])
-        rewards, logps, lengths = forward_rows(model, batch, need_rewards, need_logps)
-        n = len(indices)
-        for name, values in (("rewards", rewards), ("logps", logps), ("lengths", lengths)):
-            if values is not None:
-                collected.setdefault(f"chosen_{name}", []).append(values[:n].float().cpu())
-                collected.setdefault(f"rejected_{name}", []).append(values[n:].float().cpu())
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(len(order))
-    return {name: torch.cat(parts)[inverse] for name, parts in collected.items()}
+    """Per-pair rewards and response log-probs, in dataset order, as CPU tensors [N].
+
+    The 2N responses are scored as independent sequences, longest first, 2 x batch_size per pass.
+    """
+    n_pairs = len(dataset)
+    scores = score_sequences(
+        model,
+        list(dataset["chosen_input_ids"]) + list(dataset["rejected_input_ids"]),
+        list(dataset["prompt_length"]) * 2,
+        2 * batch_size,
+        collator.pad_token_id,
+        collator.padding_side,
+        need_rewards,
+        need_logps,
+    )
+    return {
+        f"{side}_{name}": values[:n_pairs] if side == "chosen" else values[n_pairs:]
+        for name, values in scores.items()
+        for side in ("chosen", "rejected")
+    }
 
 
 def _reference_logps(run: dict, datasets: dict, collator, batch_size: int) -> dict:
     """Reference log-probs from the base model, loaded alone and freed before the trained model loads."""
     base, _ = load_base_model(run["base_model"], with_score_head=False)
+    if torch.cuda.is_available():
+        base.to("cuda")
     datasets = {name: add_reference_logps(base, dataset, collator, batch_size) for name, dataset in datasets.items()}
     del base
     gc.collect()
@@ -267,17 +265,8 @@ def response_rewards(model, tokenizer, items: list[tuple], max_length: int, batc
         print(
             f"note: {truncated} of {len(items)} responses exceed {max_length} tokens with their prompt; the prompt loses its start"
         )
-    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-    rewards = [0.0] * len(sequences)
-    for start in range(0, len(order), batch_size):
-        members = order[start : start + batch_size]
-        batch = pad_rows(
-            [sequences[i] for i in members], [0] * len(members), tokenizer.pad_token_id, tokenizer.padding_side
-        )
-        values, _, _ = forward_rows(model, batch, need_rewards=True, need_logps=False)
-        for i, value in zip(members, values.tolist()):
-            rewards[i] = value
-    return rewards
+    scores = score_sequences(model, sequences, [0] * len(sequences), batch_size, tokenizer.pad_token_id, tokenizer.padding_side)
+    return scores["rewards"].tolist()
 
 
 def _reward_model(model_dir: str):

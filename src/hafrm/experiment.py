@@ -206,11 +206,61 @@ def results_markdown(spec: ExperimentSpec, table: dict, config_path: Path) -> st
     return "\n".join(lines) + "\n"
 
 
+def _cell(reports: list[dict], *keys: str, digits: int = 3) -> str:
+    """mean ± std over seeds of reports[...][keys], or — when the figure does not exist for this run."""
+    values = []
+    for report in reports:
+        value = report
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None:
+            values.append(value)
+    if not values:
+        return "—"
+    figures = _mean_std(values)
+    return f"{figures['mean']:.{digits}f} ± {figures['std']:.{digits}f}" if len(values) > 1 else f"{values[0]:.{digits}f}"
+
+
+def figures_markdown(spec: ExperimentSpec, results: dict) -> str:
+    """Every figure of every run and set (mean ± std over seeds): the heads, λ, baselines, perplexity, ECE."""
+    lines = [
+        f"## Every figure, mean ± std over seeds {spec.seeds}",
+        "",
+        "| run | set | reward head | implicit | combined (λ per seed) | length rule | ppl chosen / rejected | ECE |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run_name, by_set in results.items():
+        for set_name, by_seed in by_set.items():
+            reports = list(by_seed.values())
+            lambdas = [r["combined_lambda"]["lambda"] for r in reports if "combined_lambda" in r]
+            combined = _cell(reports, "combined", "accuracy")
+            if lambdas:
+                combined += " (" + ", ".join(f"{value:g}" for value in lambdas) + ")"
+            perplexity = f"{_cell(reports, 'perplexity', 'chosen', 'mean')} / {_cell(reports, 'perplexity', 'rejected', 'mean')}"
+            cells = [
+                f"{set_name} ({reports[0]['pairs']} pairs)",
+                _cell(reports, "reward_head", "accuracy"),
+                _cell(reports, "implicit_reward", "accuracy"),
+                combined,
+                _cell(reports, "length_rule", "accuracy"),
+                perplexity,
+                _cell(reports, "reward_head", "ece"),
+            ]
+            lines.append(f"| {run_name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Combined = reward head + λ·implicit reward, λ fitted per seed on that run's validation pairs. Length",
+        'rule = accuracy of "the longer response wins" on the same pairs. Perplexity: per token, under the',
+        "run's policy head. ECE: expected calibration error of σ(r_chosen − r_rejected).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def write_results(spec: ExperimentSpec, results: dict, config_path: Path) -> dict:
     output = Path(spec.output_dir)
     table = summarise(spec, results)
     (output / "results.json").write_text(json.dumps({"table": table, "reports": results}, indent=2) + "\n")
-    (output / "results.md").write_text(results_markdown(spec, table, config_path))
+    (output / "results.md").write_text(results_markdown(spec, table, config_path) + "\n" + figures_markdown(spec, results))
     write_plots(spec, table, results)
     print((output / "results.md").read_text())
     return table

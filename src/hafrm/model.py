@@ -31,10 +31,12 @@ from .default_model import resolve_model_path
 Tensor = torch.Tensor
 SCORE_HEAD = "score"
 HAFRM_CONFIG = "hafrm.json"
-# lm_head logits are built for at most this many response tokens at a time, and recomputed in
-# backward instead of stored, so no [tokens, vocab] fp32 tensor outlives its chunk.
+# lm_head logits are built for at most this many response tokens at a time.
 LOGIT_CHUNK = 1024
-
+# A trainable lm_head keeps its [tokens, vocab] fp32 logits for backward while a batch's response
+# logits stay under this many elements (256 MiB) and gradient checkpointing is off; otherwise each
+# chunk is recomputed in backward, which bounds memory at the price of one more lm_head matmul.
+LOGIT_KEEP_ELEMENTS = 1 << 26
 
 @dataclass
 class HybridOutput:
@@ -49,7 +51,10 @@ class HybridOutput:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The causal LM inside a PeftModel (with its LoRA layers injected), or the model itself."""
+    """The causal LM inside any DDP / FSDP / DeepSpeed wrapper and PeftModel (LoRA layers injected)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model)
     get_base_model = getattr(model, "get_base_model", None)
     return get_base_model() if callable(get_base_model) else model
 
@@ -100,6 +105,46 @@ def _token_logps(hidden: Tensor, targets: Tensor, lm_head: nn.Module, softcap: f
     return logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(dim=1)
 
 
+class FrozenHeadLogps(torch.autograd.Function):
+    """log π(target) per token through a frozen lm_head, its backward prepared in forward.
+
+    d log p_t / d logits = onehot(t) - softmax, so the gradient reaching the hidden state is
+    g · (onehot - softmax) @ W with g the token's upstream scalar: forward computes the [M, H] product
+    once and keeps only it. Two vocabulary matmuls per chunk (logits, product) instead of three
+    (logits, recomputed logits, backward), and no [M, vocab] tensor outlives the chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, softcap: float | None) -> Tensor:
+        # hidden: [M, H], weight: [V, H], targets: [M] -> [M]
+        raw = (hidden @ weight.T).float()  # [M, V]
+        logits = softcap * torch.tanh(raw / softcap) if softcap else raw
+        logsumexp = logits.logsumexp(dim=1, keepdim=True)
+        token_logps = logits.gather(1, targets[:, None]).squeeze(1) - logsumexp.squeeze(1)
+        if ctx.needs_input_grad[0]:
+            d_logits = (logits - logsumexp).exp_().neg_()  # -softmax
+            d_logits[torch.arange(targets.shape[0], device=targets.device), targets] += 1
+            if softcap:
+                d_logits *= 1 - torch.tanh(raw / softcap).square()
+            ctx.save_for_backward(d_logits.to(weight.dtype) @ weight)  # [M, H]
+        return token_logps
+
+    @staticmethod
+    def backward(ctx, grad_token_logps: Tensor):
+        (d_hidden,) = ctx.saved_tensors
+        return grad_token_logps[:, None].to(d_hidden.dtype) * d_hidden, None, None, None
+
+
+def _frozen_weight(lm_head: nn.Module) -> Tensor | None:
+    """lm_head's weight when it is frozen, bias-free and held whole in this process (not sharded), else None."""
+    weight = getattr(lm_head, "weight", None)
+    if type(lm_head) is not nn.Linear or lm_head.bias is not None or weight is None or weight.requires_grad:
+        return None
+    if type(weight) not in (nn.Parameter, torch.Tensor) or weight.dim() != 2:  # DTensor, ZeRO-3 partition, ...
+        return None
+    return weight
+
+
 def response_logps(causal_lm: nn.Module, hidden: Tensor, input_ids: Tensor, response_mask: Tensor):
     """Summed log-probs and token counts of response tokens only, lm_head run on those positions."""
     # hidden: [N, T, H]; input_ids, response_mask: [N, T]. Token t+1 is predicted from state t.
@@ -109,39 +154,76 @@ def response_logps(causal_lm: nn.Module, hidden: Tensor, input_ids: Tensor, resp
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(target_mask)[target_mask]
     lm_head = causal_lm.get_output_embeddings()
     softcap = getattr(causal_lm.config.get_text_config(), "final_logit_softcapping", None)
+    with_grad = torch.is_grad_enabled() and states.requires_grad
+    frozen_weight = _frozen_weight(lm_head) if with_grad else None
+    # A trainable head keeps its logits for backward while they are small, else recomputes per chunk;
+    # under gradient checkpointing it always recomputes (memory is what the user asked to save).
+    too_large = states.shape[0] * causal_lm.config.get_text_config().vocab_size > LOGIT_KEEP_ELEMENTS
+    recompute = with_grad and (too_large or getattr(causal_lm, "is_activation_checkpointing", False))
     pieces = []
     for start in range(0, states.shape[0], LOGIT_CHUNK):
-        chunk = (states[start : start + LOGIT_CHUNK], targets[start : start + LOGIT_CHUNK], lm_head, softcap)
-        if torch.is_grad_enabled() and states.requires_grad:
-            pieces.append(checkpoint(_token_logps, *chunk, use_reentrant=False))
+        chunk_states, chunk_targets = states[start : start + LOGIT_CHUNK], targets[start : start + LOGIT_CHUNK]
+        if frozen_weight is not None:
+            pieces.append(FrozenHeadLogps.apply(chunk_states, frozen_weight, chunk_targets, softcap))
+        elif recompute:
+            pieces.append(checkpoint(_token_logps, chunk_states, chunk_targets, lm_head, softcap, use_reentrant=False))
         else:
-            pieces.append(_token_logps(*chunk))
+            pieces.append(_token_logps(chunk_states, chunk_targets, lm_head, softcap))
     token_logps = torch.cat(pieces) if pieces else states.new_zeros(0)
     sums = torch.zeros(input_ids.shape[0], device=hidden.device, dtype=token_logps.dtype)
     return sums.index_add(0, rows, token_logps), target_mask.sum(dim=1)
+
+
+def _heads(causal_lm: nn.Module, hidden: Tensor, batch: dict, need_rewards: bool, need_logps: bool):
+    # hidden: [N, T, H] last hidden states -> (rewards [N] | None, logps [N] | None, lengths [N] | None)
+    rewards = logps = lengths = None
+    if need_rewards:
+        last = last_token_index(batch["attention_mask"])
+        last_states = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [N, H]
+        score = getattr(causal_lm, SCORE_HEAD)
+        rewards = score(last_states.to(score.weight.dtype)).squeeze(-1).float()  # [N]
+    if need_logps:
+        logps, lengths = response_logps(causal_lm, hidden, batch["input_ids"], batch["response_mask"])
+    return rewards, logps, lengths
 
 
 def forward_rows(model: nn.Module, batch: dict, need_rewards: bool, need_logps: bool):
     """One trunk pass over N rows -> (rewards [N] or None, response logps [N] or None, lengths [N] or None).
 
     `batch` has `input_ids`, `attention_mask` and, for log-probs, `response_mask`, each [N, T].
+
+    The call goes through `model(...)`, whatever wraps it (DDP, FSDP, DeepSpeed, peft, accelerate's
+    autocast), so gradient sync, sharded-parameter gathering and mixed precision apply to both heads.
+    Two hooks live for the duration of the call: one on the trunk reads its last hidden states,
+    runs the heads the method uses, and hands the model's own lm_head zero positions (its logits are
+    empty, so a method that does not use the policy head does no vocabulary work at all); one on the
+    causal LM returns the heads' results as the model's output, so DDP sees every tensor the loss uses.
     """
     causal_lm = unwrap(model)
-    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-    hidden = trunk_of(causal_lm)(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state  # [N, T, H]
-    rewards = logps = lengths = None
-    if need_rewards:
-        last = last_token_index(attention_mask)
-        last_states = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [N, H]
-        rewards = getattr(causal_lm, SCORE_HEAD)(last_states).squeeze(-1).float()  # [N]
-    if need_logps:
-        logps, lengths = response_logps(causal_lm, hidden, input_ids, batch["response_mask"])
-    return rewards, logps, lengths
+    results: list[tuple] = []
+
+    def run_heads(_trunk, _args, output):
+        results.append(_heads(causal_lm, output.last_hidden_state, batch, need_rewards, need_logps))
+        output.last_hidden_state = output.last_hidden_state[:, :0]  # the model's own logits: [N, 0, vocab]
+        return output
+
+    def heads_as_output(_module, _args, _output):
+        return results[-1]
+
+    hooks = [
+        trunk_of(causal_lm).register_forward_hook(run_heads),
+        causal_lm.register_forward_hook(heads_as_output),
+    ]
+    try:
+        return model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=position_ids_from_mask(batch["attention_mask"]),
+            use_cache=False,
+        )
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def hybrid_forward(model: nn.Module, batch: dict, need_rewards: bool, need_logps: bool) -> HybridOutput:
@@ -155,6 +237,43 @@ def hybrid_forward(model: nn.Module, batch: dict, need_rewards: bool, need_logps
         out.chosen_logps, out.rejected_logps = logps[:n_pairs], logps[n_pairs:]
         out.chosen_lengths, out.rejected_lengths = lengths[:n_pairs], lengths[n_pairs:]
     return out
+
+
+@torch.no_grad()
+def score_sequences(
+    model: nn.Module,
+    sequences: list[list[int]],
+    prompt_lengths: list[int],
+    rows: int,
+    pad_token_id: int,
+    padding_side: str = "right",
+    need_rewards: bool = True,
+    need_logps: bool = False,
+    desc: str = "scoring",
+) -> dict[str, Tensor]:
+    """Rewards, response log-probs and response lengths of N token sequences, in input order, CPU [N].
+
+    Sequences run longest first, `rows` per forward pass, so each batch pads only to lengths near its
+    own (chosen and rejected of a pair are scored apart: their lengths often differ more than pairs do).
+    """
+    from tqdm.auto import tqdm
+
+    from .data.collator import pad_rows
+
+    device = next(model.parameters()).device
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    collected: dict[str, list[Tensor]] = {}
+    for start in tqdm(range(0, len(order), rows), desc=desc, unit="batch", disable=len(order) <= rows):
+        members = order[start : start + rows]
+        batch = pad_rows([sequences[i] for i in members], [prompt_lengths[i] for i in members], pad_token_id, padding_side)
+        batch = {key: value.to(device) for key, value in batch.items()}
+        outputs = forward_rows(model, batch, need_rewards, need_logps)
+        for name, values in zip(("rewards", "logps", "lengths"), outputs):
+            if values is not None:
+                collected.setdefault(name, []).append(values.float().cpu())
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    return {name: torch.cat(parts)[inverse] for name, parts in collected.items()}
 
 
 def load_tokenizer(name_or_path: str):
@@ -233,6 +352,8 @@ def load_trained(directory: str | Path, dtype: torch.dtype = torch.float32):
             attach_score_head(model, tokenizer.pad_token_id)
             with torch.no_grad():
                 model.score.weight.copy_(_load_score_weight(directory))
+    if torch.cuda.is_available():  # scoring runs where the model is; batches follow it
+        model.to("cuda")
     model.eval()
     return model, tokenizer, config
 

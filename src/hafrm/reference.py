@@ -56,8 +56,10 @@ def dataset_fingerprint(dataset) -> str:
 
 
 def adapters_disabled(model: torch.nn.Module):
-    """Context in which a PeftModel runs as its base model; a no-op for plain models."""
-    disable = getattr(model, "disable_adapter", None)
+    """Context in which a PeftModel (also inside DDP / FSDP) runs as its base model; a no-op for plain models."""
+    from accelerate.utils import extract_model_from_parallel
+
+    disable = getattr(extract_model_from_parallel(model), "disable_adapter", None)
     return disable() if callable(disable) else contextlib.nullcontext()
 
 

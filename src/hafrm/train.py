@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from transformers import TrainingArguments, set_seed
 
 from . import __version__
@@ -25,6 +26,17 @@ from .reference import add_reference_logps
 from .trainer import HybridTrainer, Objective
 
 logger = logging.getLogger(__name__)
+
+
+def on_cpu() -> bool:
+    """No accelerator here: train on the CPU (several processes join on gloo under `accelerate launch`)."""
+    return not torch.accelerator.is_available()
+
+
+def say(*args) -> None:
+    """print, once per run: on the main process only when several processes train together."""
+    if PartialState().is_main_process:
+        print(*args)
 
 
 def objective_from(cfg: TrainConfig) -> Objective:
@@ -67,14 +79,14 @@ def load_datasets(cfg: TrainConfig, tokenizer):
     """-> (train set, validation set or None), each tokenised, with loading and truncation reported."""
     train_pairs, reports = load_data(cfg.data or BUILTIN, cfg.format, cfg.skip_bad_rows, "train", cfg.mixture, cfg.seed)
     for report in reports:
-        print(f"train data {report.summary()}")
+        say(f"train data {report.summary()}")
     train_pairs, eval_pairs, eval_origin = _validation_pairs(cfg, train_pairs)
     train_set, truncation = tokenize_pairs(train_pairs, tokenizer, cfg.max_length)
-    print(f"train tokens: {truncation.summary()}")
+    say(f"train tokens: {truncation.summary()}")
     eval_set = None
     if eval_pairs:
         eval_set, truncation = tokenize_pairs(eval_pairs, tokenizer, cfg.max_length)
-        print(f"validation data {eval_origin}\nvalidation tokens: {truncation.summary()}")
+        say(f"validation data {eval_origin}\nvalidation tokens: {truncation.summary()}")
     return train_set, eval_set
 
 
@@ -84,6 +96,8 @@ def training_arguments(cfg: TrainConfig, has_eval: bool) -> TrainingArguments:
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size or cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
+        train_sampling_strategy=cfg.sampling,
+        length_column_name="length",  # the longer side of each pair, written by tokenize_pairs
         learning_rate=cfg.lr,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_steps,
@@ -104,6 +118,7 @@ def training_arguments(cfg: TrainConfig, has_eval: bool) -> TrainingArguments:
         logging_steps=cfg.logging_steps,
         seed=cfg.seed,
         bf16=cfg.bf16,
+        use_cpu=on_cpu(),
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),
         report_to=[] if cfg.report_to == "none" else cfg.report_to.split(","),
@@ -132,18 +147,22 @@ def summarise(trainer: HybridTrainer) -> dict:
     return summary
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, callbacks: list | None = None) -> dict:
+    """Run one training job; `callbacks` are extra `transformers.TrainerCallback`s (timers, trackers)."""
     set_seed(cfg.seed)
     objective = objective_from(cfg)
-    model, tokenizer = load_base_model(cfg.model, with_score_head=objective.uses_reward_head, seed=cfg.seed)
-    tokenizer.padding_side = cfg.padding_side
-    train_set, eval_set = load_datasets(cfg, tokenizer)
-    collator = PairCollator(pad_token_id=tokenizer.pad_token_id, padding_side=cfg.padding_side)
-    if objective.needs_reference and cfg.reference == "cache":
-        batch = cfg.eval_batch_size or cfg.batch_size
-        train_set = add_reference_logps(model, train_set, collator, batch)
-        if eval_set is not None:
-            eval_set = add_reference_logps(model, eval_set, collator, batch)
+    # Under `accelerate launch` the main process converts the default model, reads the data and
+    # fills the reference cache first; the other processes then read all of it from the caches.
+    with PartialState(cpu=on_cpu()).main_process_first():
+        model, tokenizer = load_base_model(cfg.model, with_score_head=objective.uses_reward_head, seed=cfg.seed)
+        tokenizer.padding_side = cfg.padding_side
+        train_set, eval_set = load_datasets(cfg, tokenizer)
+        collator = PairCollator(pad_token_id=tokenizer.pad_token_id, padding_side=cfg.padding_side)
+        if objective.needs_reference and cfg.reference == "cache":
+            batch = cfg.eval_batch_size or cfg.batch_size
+            train_set = add_reference_logps(model, train_set, collator, batch)
+            if eval_set is not None:
+                eval_set = add_reference_logps(model, eval_set, collator, batch)
     model = prepare_finetuning(model, cfg, objective.uses_policy_head)
     trainer = HybridTrainer(
         model=model,
@@ -154,6 +173,7 @@ def train(cfg: TrainConfig) -> dict:
         processing_class=tokenizer,
         objective=objective,
         run_config=run_config(cfg, objective),
+        callbacks=callbacks,
     )
     resume = True if cfg.resume in {"last", "true", "True"} else cfg.resume
     trainer.train(resume_from_checkpoint=resume)
@@ -161,7 +181,7 @@ def train(cfg: TrainConfig) -> dict:
         trainer.evaluate()  # log the kept (best) checkpoint's figures last
     trainer.save_model(cfg.output_dir)
     summary = summarise(trainer)
-    if objective.uses_reward_head and "final" in summary:
+    if objective.uses_reward_head and "final" in summary and trainer.args.should_save:
         record_reward_moments(cfg.output_dir, summary["final"]["eval_reward_mean"], summary["final"]["eval_reward_std"])
     print_summary(summary, cfg)
     return summary
@@ -179,10 +199,10 @@ def record_reward_moments(output_dir: str, mean: float, std: float) -> None:
 
 
 def print_summary(summary: dict, cfg: TrainConfig) -> None:
-    print(f"\nhafrm {cfg.method} run saved to {cfg.output_dir}")
+    say(f"\nhafrm {cfg.method} run saved to {cfg.output_dir}")
     if "start" in summary:
         start, final = summary["start"], summary["final"]
         for name in ("eval_accuracy", "eval_implicit_accuracy", "eval_margin", "eval_loss"):
             if name in final:
-                print(f"  {name[5:]:<18} {start.get(name, float('nan')):8.4f} -> {final[name]:8.4f}")
-        print(f"  kept checkpoint: {summary['best_checkpoint']} (validation accuracy {summary['best_accuracy']:.4f})")
+                say(f"  {name[5:]:<18} {start.get(name, float('nan')):8.4f} -> {final[name]:8.4f}")
+        say(f"  kept checkpoint: {summary['best_checkpoint']} (validation accuracy {summary['best_accuracy']:.4f})")

@@ -158,9 +158,14 @@ class HybridTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
-        for name, values in self._metrics[mode].items():
-            # Exact whole-set values from pairwise_metrics win over means of batch means.
-            logs.setdefault(prefix + name, sum(values) / len(values))
+        names = sorted(self._metrics[mode])
+        if names:
+            # Means over this process's batches, then over processes (every process logs at the same step).
+            means = torch.tensor([sum(self._metrics[mode][n]) / len(self._metrics[mode][n]) for n in names])
+            means = self.accelerator.reduce(means.to(self.accelerator.device), reduction="mean").cpu()
+            for name, value in zip(names, means.tolist()):
+                # Exact whole-set values from pairwise_metrics win over means of batch means.
+                logs.setdefault(prefix + name, value)
         self._metrics[mode].clear()
         super().log(logs, start_time)
 

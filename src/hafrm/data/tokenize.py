@@ -95,6 +95,7 @@ def tokenize_pair(tokenizer, pair: PreferencePair, max_length: int) -> tuple[dic
         "chosen_input_ids": fitted_prompt + fitted_chosen,
         "rejected_input_ids": fitted_prompt + fitted_rejected,
         "prompt_length": len(fitted_prompt),
+        "length": len(fitted_prompt) + max(len(fitted_chosen), len(fitted_rejected)),  # a pair pads to this
         "source": pair.source,
         "subset": pair.subset or "",
         "index": pair.index,

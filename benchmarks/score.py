@@ -1,0 +1,137 @@
+"""Scoring throughput: hafrm's scorer against plain AutoModelForSequenceClassification loops.
+
+    python benchmarks/score.py                          # default model, 64 shared HH pairs, length 512
+    python benchmarks/score.py --pairs 128 --batch-size 16 --rounds 3
+
+All loops load the same checkpoint (the model with a reward head, saved once to a temporary
+directory) and score the same pairs, truncated to the same --max-length; model loading is not timed,
+tokenisation is. The baselines are plain loops over AutoModelForSequenceClassification: pairs in
+file order, --batch-size conversations per batch, chosen and rejected in separate batches, padded
+either to the fixed --max-length (`fixed`, the issue's baseline) or to each batch's longest row
+(`longest`, what RewardBench's pipeline does with padding=True). hafrm's is the loop `hafrm eval`
+and `hafrm score` run (model.score_sequences): the 2N responses sorted by length, 2 x --batch-size
+per forward pass, only the reward head. Rounds alternate the loops; the table prints pairs per
+second, min / median / max over rounds, and checks that all give the same rewards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import as_messages, default_data, spread  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--data", default=None, help="preference file (default: the shared HH-harmless pairs)")
+    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8, help="pairs per batch (both sides)")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=2)
+    return parser.parse_args(argv)
+
+
+def save_reward_model(model_name: str, directory: Path) -> None:
+    from hafrm.model import load_base_model, write_hafrm_config
+
+    model, tokenizer = load_base_model(model_name, with_score_head=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    write_hafrm_config(directory, {"base_model": model_name, "reward_head": True, "policy_loss": "dpo", "beta": 0.1})
+
+
+@torch.inference_mode()
+def hafrm_scores(model, tokenizer, pairs, batch_size: int, max_length: int) -> torch.Tensor:
+    from hafrm.data import PairCollator, tokenize_pairs
+    from hafrm.evaluate import pair_scores
+
+    dataset, _ = tokenize_pairs(pairs, tokenizer, max_length)
+    collator = PairCollator(tokenizer.pad_token_id, tokenizer.padding_side)
+    scores = pair_scores(model, dataset, collator, batch_size, need_rewards=True, need_logps=False)
+    return torch.stack([scores["chosen_rewards"], scores["rejected_rewards"]], dim=1)  # [N, 2]
+
+
+def conversation(prompt, response) -> list[dict]:
+    return as_messages(prompt, "user") + as_messages(response, "assistant")
+
+
+def fits_untruncated(tokenizer, pair, max_length: int) -> bool:
+    """Both sides fit: the two loops truncate differently (hafrm cuts the prompt's start), so compare those only."""
+    return all(
+        len(tokenizer.apply_chat_template(conversation(pair.prompt, response), tokenize=True)["input_ids"]) <= max_length
+        for response in (pair.chosen, pair.rejected)
+    )
+
+
+@torch.inference_mode()
+def baseline_scores(model, tokenizer, pairs, batch_size: int, max_length: int, padding) -> torch.Tensor:
+    columns = []
+    for side in ("chosen", "rejected"):
+        texts = [tokenizer.apply_chat_template(conversation(p.prompt, getattr(p, side)), tokenize=False) for p in pairs]
+        values = []
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                padding=padding,
+                truncation=True,
+                max_length=max_length,
+                add_special_tokens=False,
+                return_tensors="pt",
+            )
+            values.append(model(**batch).logits[:, 0].float())
+        columns.append(torch.cat(values))
+    return torch.stack(columns, dim=1)  # [N, 2]
+
+
+def main(argv=None) -> None:
+    opts = parse_args(argv)
+    from transformers import AutoModelForSequenceClassification
+
+    from hafrm.data import load_data
+    from hafrm.model import load_trained
+
+    pairs, _ = load_data(opts.data or default_data(), skip_bad_rows=True)
+    pairs = pairs[: opts.pairs]
+    with tempfile.TemporaryDirectory() as directory:
+        save_reward_model(opts.model, Path(directory))
+        ours, tokenizer, _ = load_trained(directory)
+        tokenizer.padding_side = "right"
+        theirs = AutoModelForSequenceClassification.from_pretrained(directory, num_labels=1).eval()
+    loops = {
+        "hafrm": partial(hafrm_scores, ours),
+        "fixed": partial(baseline_scores, theirs, padding="max_length"),
+        "longest": partial(baseline_scores, theirs, padding="longest"),
+    }
+    timings: dict[str, list[float]] = {name: [] for name in loops}
+    results = {}
+    print(f"model {opts.model}; {len(pairs)} pairs; batch {opts.batch_size} pairs; max length {opts.max_length}; fp32")
+    for round_index in range(opts.rounds):
+        for name, run in loops.items():
+            started = time.perf_counter()
+            results[name] = run(tokenizer, pairs, opts.batch_size, opts.max_length)
+            rate = len(pairs) / (time.perf_counter() - started)
+            timings[name].append(rate)
+            print(f"  round {round_index + 1} {name:<9} {rate:8.2f} pairs/s", flush=True)
+    fits = torch.tensor([fits_untruncated(tokenizer, pair, opts.max_length) for pair in pairs])
+    difference = max((results["hafrm"] - results[name]).abs()[fits].max().item() for name in ("fixed", "longest"))
+    print(f"\n{'loop':<10} {'pairs/s (min/med/max)':>26}")
+    for name, rates in timings.items():
+        print(f"{name:<10} {spread(rates):>26}")
+    for name, target in (("fixed", " (target >= 2x)"), ("longest", "")):
+        ratios = [a / b for a, b in zip(timings["hafrm"], timings[name])]
+        print(f"hafrm / {name}: {spread(ratios)} (median {statistics.median(ratios):.2f}x){target}")
+    print(f"largest reward difference between the loops: {difference:.2e} ({int(fits.sum())} untruncated pairs)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The benchmark scripts run end to end on the tiny model (their figures are printed, never asserted)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(script: str, *args: str) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, env=env, timeout=900
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result.stdout
+
+
+def test_train_step_measures_hafrm_and_trl_on_the_same_pairs(tiny_model, pairs_file, tmp_path):
+    report = tmp_path / "bench.json"
+    out = run(
+        "train_step.py",
+        *("--model", tiny_model, "--data", str(pairs_file), "--modes", "freeze", "--methods", "haf,dpo"),
+        *("--trainable-layers", "1", "--batch-size", "4", "--max-length", "96", "--warmup", "1", "--steps", "2"),
+        *("--rounds", "1", "--json", str(report)),
+    )
+    assert "matmul peak" in out
+    for config in ("hafrm-haf-freeze", "hafrm-dpo-freeze", "trl-reward-freeze", "trl-dpo-freeze"):
+        assert re.search(rf"^{config}\s+[\d.]+ / [\d.]+ / [\d.]+", out, re.MULTILINE), config
+    assert re.search(r"^hafrm-haf-freeze / trl-reward-freeze\s+[\d.]+ / ", out, re.MULTILINE)
+    assert re.search(r"^hafrm-dpo-freeze / trl-dpo-freeze\s+[\d.]+ / ", out, re.MULTILINE)
+    measured = json.loads(report.read_text())
+    assert measured["pairs"]["kept"] == 4 * 3  # batch x (warm-up + timed steps), the same pairs for all
+    (round_results,) = measured["rounds"]
+    for result in round_results.values():
+        assert len(result["step_seconds"]) == 2 and all(s > 0 for s in result["step_seconds"])
+        assert result["peak_gb"] > 0
+
+
+def test_score_benchmark_loops_agree(tiny_model, pairs_file):
+    out = run(
+        "score.py",
+        *("--model", tiny_model, "--data", str(pairs_file), "--pairs", "12", "--batch-size", "4"),
+        *("--max-length", "128", "--rounds", "1"),
+    )
+    for loop in ("hafrm", "fixed", "longest"):
+        assert re.search(rf"^{loop}\s+[\d.]+ / ", out, re.MULTILINE), loop
+    assert re.search(r"^hafrm / fixed: [\d.]+ / ", out, re.MULTILINE)
+    difference = float(re.search(r"difference between the loops: (\S+) \((\d+) untruncated", out).group(1))
+    assert difference < 1e-4  # hafrm's scorer gives the sequence classifier's rewards
