@@ -48,7 +48,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per step")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per run")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per run")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--modes", default="full", help="comma-separated: full, lora, freeze")
     parser.add_argument("--methods", default="rm,dpo,haf")
