@@ -5,7 +5,8 @@
 
 Every configuration runs in its own process (so peak memory is its own), on the same pairs (the first
 ones that fit --max-length untruncated), with the same batch, length, dtype, optimizer and seed;
-`--warmup` steps are run and dropped, then `--steps` steps are timed. Every configuration draws the
+`--warmup` steps are run and dropped, then `--steps` steps are timed. Every other round runs the
+configurations in reverse order. Every configuration draws the
 same batches in the same order (the pairs in file order, sequential sampling), so a run's figure is
 its mean time over those steps. Rounds alternate all configurations (hafrm, TRL, hafrm, ...) so that
 drift of the machine hits all of them alike, and every ratio hafrm / TRL is taken within one round;
@@ -292,7 +293,8 @@ def main(argv=None) -> None:
     rounds: list[dict[str, dict]] = []
     for index in range(opts.rounds):
         results = {}
-        for config in configs:
+        # odd rounds run the configurations in reverse, so no one always goes first (or after TRL's DPO)
+        for config in configs if index % 2 == 0 else configs[::-1]:
             results[config] = run_worker(opts, config)
             print(
                 f"  round {index + 1} {config:<20} step {results[config]['mean_step_seconds']:7.2f} s  "
