@@ -44,7 +44,7 @@ def log_history(directory: Path) -> list[dict]:
     "flags",
     [
         ["--method", "haf", "--finetune", "full"],
-        ["--method", "dpo", "--finetune", "lora", "--reference", "adapters", "--lora-dropout", "0"],
+        ["--method", "dpo", "--finetune", "lora", "--reference", "adapters"],
     ],
     ids=["haf-full", "dpo-lora-adapters"],
 )

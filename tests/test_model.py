@@ -6,7 +6,14 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from hafrm.data import PairCollator, read_pairs, tokenize_pairs
 from hafrm.data.collator import pad_rows
-from hafrm.model import forward_rows, hybrid_forward, last_token_index, load_base_model, load_trained
+from hafrm.model import (
+    forward_rows,
+    hybrid_forward,
+    last_token_index,
+    load_base_model,
+    load_trained,
+    zero_dropout,
+)
 from hafrm.trainer import Objective
 
 
@@ -153,6 +160,34 @@ def test_reward_head_init_depends_on_the_seed_alone(tiny_model):
     assert not torch.equal(first.score.weight, other.score.weight)
 
 
+def test_zero_dropout_finds_every_rate_in_nested_configs():
+    from transformers import GPT2Config, LlavaConfig
+
+    gpt2 = GPT2Config(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1, summary_first_dropout=0.1)
+    assert sorted(zero_dropout(gpt2)) == ["attn_pdrop", "embd_pdrop", "resid_pdrop", "summary_first_dropout"]
+    assert gpt2.resid_pdrop == gpt2.embd_pdrop == gpt2.attn_pdrop == 0.0
+    llava = LlavaConfig(text_config={"model_type": "llama", "attention_dropout": 0.2})
+    assert "text_config.attention_dropout" in zero_dropout(llava)
+    assert llava.text_config.attention_dropout == 0.0
+
+
+def test_training_models_are_built_without_dropout(tiny_model, dataset, tmp_path):
+    """A model with dropout: kept, two training-mode passes differ; dropped (the default), they agree."""
+    source, _ = load_base_model(tiny_model, with_score_head=False)
+    source.config.attention_dropout = 0.5
+    source.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path)
+    batch = PairCollator(pad_token_id=0)([dataset[i] for i in range(2)])
+    for keep_dropout, same in ((True, False), (False, True)):
+        model, _ = load_base_model(str(tmp_path), with_score_head=True, keep_dropout=keep_dropout)
+        model.train()
+        first, second = (forward_rows(model, batch, need_rewards=True, need_logps=True) for _ in range(2))
+        assert torch.equal(first[0], second[0]) == same and torch.equal(first[1], second[1]) == same
+        assert (model.config.attention_dropout == 0.0) == same
+
+
 @pytest.mark.parametrize("softcap", [None, 3.0])
 def test_the_three_log_prob_paths_give_equal_values_and_gradients(softcap, monkeypatch):
     """Frozen-head fused function, kept logits, and per-chunk recompute: same numbers both ways."""
@@ -176,8 +211,12 @@ def test_the_three_log_prob_paths_give_equal_values_and_gradients(softcap, monke
         lm_head.weight.data.copy_(weight)
         lm_head.weight.requires_grad_(trainable_head)
         config = SimpleNamespace(vocab_size=vocab, final_logit_softcapping=softcap)
-        causal_lm = SimpleNamespace(get_output_embeddings=lambda: lm_head, config=SimpleNamespace(get_text_config=lambda: config))
-        hidden = torch.randn(n_rows, length, hidden_size, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        causal_lm = SimpleNamespace(
+            get_output_embeddings=lambda: lm_head, config=SimpleNamespace(get_text_config=lambda: config)
+        )
+        hidden = torch.randn(
+            n_rows, length, hidden_size, generator=torch.Generator().manual_seed(1), requires_grad=True
+        )
         logps, lengths = model_module.response_logps(causal_lm, hidden, input_ids, response_mask)
         (logps * upstream).sum().backward()
         return logps.detach(), lengths, hidden.grad

@@ -182,6 +182,24 @@ def test_gradient_accumulation_and_eval_data(tiny_model, pairs_file, tmp_path):
     assert evals[-1]["eval_implicit_accuracy"] >= 0
 
 
+@pytest.mark.parametrize("finetune", ["full", "lora", "freeze"])
+def test_gradient_checkpointing_changes_memory_not_numbers(finetune, tiny_model, pairs_file, tmp_path):
+    """Checkpointed blocks recompute in backward; LoRA and freeze (frozen inputs) still get gradients."""
+    histories = []
+    for flags in ([], ["--gradient-checkpointing"]):
+        out = train(
+            tiny_model,
+            pairs_file,
+            tmp_path / f"run{len(flags)}",
+            *("--method", "haf", "--finetune", finetune, "--trainable-layers", "1"),
+            *("--max-steps", "3", "--val-fraction", "0", "--sampling", "sequential", *flags),
+        )
+        steps = [entry for entry in trainer_state(out)["log_history"] if "loss" in entry]
+        histories.append([value for entry in steps for value in (entry["loss"], entry["grad_norm"])])
+    assert len(histories[0]) == 6 and all(norm > 0 for norm in histories[0][1::2])
+    assert histories[1] == pytest.approx(histories[0], rel=1e-4)
+
+
 def test_group_by_length_batches_pairs_of_similar_length(tiny_model, pairs_file, tmp_path, monkeypatch):
     from hafrm.data.collator import PairCollator
 

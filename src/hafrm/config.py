@@ -43,9 +43,16 @@ class TrainConfig:
     trainable_layers: int = _help("freeze mode: how many top transformer blocks train", default=4)
     lora_r: int = _help("LoRA rank", default=16)
     lora_alpha: int = _help("LoRA scaling numerator", default=32)
-    lora_dropout: float = _help("LoRA dropout", default=0.05)
+    lora_dropout: float = _help(
+        "dropout on the LoRA adapters' input (0: none, like the model's own, see keep_dropout)", default=0.0
+    )
     lora_target_modules: str = _help("comma-separated module names, or all-linear", default="all-linear")
     gradient_checkpointing: bool = _help("recompute trunk activations in backward", default=False)
+    keep_dropout: bool = _help(
+        "train with the model's own dropout (default: set to 0 as TRL's reward and DPO trainers do, so chosen and "
+        "rejected see one network and policy log-probs start equal to the reference's)",
+        default=False,
+    )
     # data
     data: str | None = _help(
         "training pairs: builtin (default), a named source, a file or a hub id, NAME[:SPLIT][:WEIGHT], comma-separated",

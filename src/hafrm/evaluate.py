@@ -265,7 +265,9 @@ def response_rewards(model, tokenizer, items: list[tuple], max_length: int, batc
         print(
             f"note: {truncated} of {len(items)} responses exceed {max_length} tokens with their prompt; the prompt loses its start"
         )
-    scores = score_sequences(model, sequences, [0] * len(sequences), batch_size, tokenizer.pad_token_id, tokenizer.padding_side)
+    scores = score_sequences(
+        model, sequences, [0] * len(sequences), batch_size, tokenizer.pad_token_id, tokenizer.padding_side
+    )
     return scores["rewards"].tolist()
 
 

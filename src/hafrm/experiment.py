@@ -218,7 +218,9 @@ def _cell(reports: list[dict], *keys: str, digits: int = 3) -> str:
     if not values:
         return "—"
     figures = _mean_std(values)
-    return f"{figures['mean']:.{digits}f} ± {figures['std']:.{digits}f}" if len(values) > 1 else f"{values[0]:.{digits}f}"
+    return (
+        f"{figures['mean']:.{digits}f} ± {figures['std']:.{digits}f}" if len(values) > 1 else f"{values[0]:.{digits}f}"
+    )
 
 
 def figures_markdown(spec: ExperimentSpec, results: dict) -> str:
@@ -236,7 +238,9 @@ def figures_markdown(spec: ExperimentSpec, results: dict) -> str:
             combined = _cell(reports, "combined", "accuracy")
             if lambdas:
                 combined += " (" + ", ".join(f"{value:g}" for value in lambdas) + ")"
-            perplexity = f"{_cell(reports, 'perplexity', 'chosen', 'mean')} / {_cell(reports, 'perplexity', 'rejected', 'mean')}"
+            perplexity = (
+                f"{_cell(reports, 'perplexity', 'chosen', 'mean')} / {_cell(reports, 'perplexity', 'rejected', 'mean')}"
+            )
             cells = [
                 f"{set_name} ({reports[0]['pairs']} pairs)",
                 _cell(reports, "reward_head", "accuracy"),
@@ -260,7 +264,9 @@ def write_results(spec: ExperimentSpec, results: dict, config_path: Path) -> dic
     output = Path(spec.output_dir)
     table = summarise(spec, results)
     (output / "results.json").write_text(json.dumps({"table": table, "reports": results}, indent=2) + "\n")
-    (output / "results.md").write_text(results_markdown(spec, table, config_path) + "\n" + figures_markdown(spec, results))
+    (output / "results.md").write_text(
+        results_markdown(spec, table, config_path) + "\n" + figures_markdown(spec, results)
+    )
     write_plots(spec, table, results)
     print((output / "results.md").read_text())
     return table

@@ -81,9 +81,9 @@ def prepare_finetuning(model: nn.Module, cfg, uses_policy_head: bool) -> nn.Modu
         # A plain reward model never runs lm_head: keep it out of the optimizer.
         model.get_output_embeddings().requires_grad_(False)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if cfg.finetune == "lora":
-            model.enable_input_require_grads()
+        # Non-reentrant: works with frozen inputs and DDP; transformers also makes the embedding
+        # output require grad, so LoRA and freeze get gradients through checkpointed blocks.
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info(

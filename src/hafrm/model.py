@@ -38,6 +38,7 @@ LOGIT_CHUNK = 1024
 # chunk is recomputed in backward, which bounds memory at the price of one more lm_head matmul.
 LOGIT_KEEP_ELEMENTS = 1 << 26
 
+
 @dataclass
 class HybridOutput:
     """What one forward pass over B pairs gives; None for a head the method does not use."""
@@ -265,7 +266,9 @@ def score_sequences(
     collected: dict[str, list[Tensor]] = {}
     for start in tqdm(range(0, len(order), rows), desc=desc, unit="batch", disable=len(order) <= rows):
         members = order[start : start + rows]
-        batch = pad_rows([sequences[i] for i in members], [prompt_lengths[i] for i in members], pad_token_id, padding_side)
+        batch = pad_rows(
+            [sequences[i] for i in members], [prompt_lengths[i] for i in members], pad_token_id, padding_side
+        )
         batch = {key: value.to(device) for key, value in batch.items()}
         outputs = forward_rows(model, batch, need_rewards, need_logps)
         for name, values in zip(("rewards", "logps", "lengths"), outputs):
@@ -285,12 +288,46 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
-def load_base_model(name_or_path: str, with_score_head: bool, dtype: torch.dtype = torch.float32, seed: int = 0):
-    """A hub id, a local checkpoint or the default model's alias -> (causal LM [+ score], tokenizer)."""
-    from transformers import AutoModelForCausalLM
+def zero_dropout(config) -> list[str]:
+    """Set every dropout rate in a transformers config (and its sub-configs) to 0 -> the names changed.
+
+    Rates are the float fields named `*dropout*` or `*_pdrop` (Llama's attention_dropout, GPT-2's
+    resid_pdrop, OPT's activation_dropout, ...). Zeroing them before the model is built reaches both
+    `nn.Dropout` modules and the functional dropout attention layers apply from a stored rate.
+    """
+    changed = []
+    for key, value in list(vars(config).items()):
+        if hasattr(value, "to_dict") and hasattr(value, "model_type"):  # a sub-config (text_config, ...)
+            changed += [f"{key}.{name}" for name in zero_dropout(value)]
+        elif isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")) and value != 0.0:
+            setattr(config, key, 0.0)
+            changed.append(key)
+    return changed
+
+
+def load_base_model(
+    name_or_path: str,
+    with_score_head: bool,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    keep_dropout: bool = True,
+):
+    """A hub id, a local checkpoint or the default model's alias -> (causal LM [+ score], tokenizer).
+
+    keep_dropout=False builds the model with every dropout rate at 0 (what training uses by default).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     tokenizer = load_tokenizer(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), dtype=dtype)
+    path = resolve_model_path(name_or_path)
+    config = AutoConfig.from_pretrained(path)
+    if not keep_dropout:
+        zero_dropout(config)
+    model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
+    if not keep_dropout:
+        for module in model.modules():  # any dropout a model builds with a fixed rate
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
     model.config.pad_token_id = tokenizer.pad_token_id
     if with_score_head:
         attach_score_head(model, tokenizer.pad_token_id, seed)

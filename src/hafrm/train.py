@@ -154,7 +154,9 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> dict:
     # Under `accelerate launch` the main process converts the default model, reads the data and
     # fills the reference cache first; the other processes then read all of it from the caches.
     with PartialState(cpu=on_cpu()).main_process_first():
-        model, tokenizer = load_base_model(cfg.model, with_score_head=objective.uses_reward_head, seed=cfg.seed)
+        model, tokenizer = load_base_model(
+            cfg.model, with_score_head=objective.uses_reward_head, seed=cfg.seed, keep_dropout=cfg.keep_dropout
+        )
         tokenizer.padding_side = cfg.padding_side
         train_set, eval_set = load_datasets(cfg, tokenizer)
         collator = PairCollator(pad_token_id=tokenizer.pad_token_id, padding_side=cfg.padding_side)
