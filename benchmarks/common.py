@@ -48,8 +48,16 @@ def select_pairs(data: str, tokenizer, max_length: int, count: int, skip_bad_row
             break
     if len(kept) < count:
         raise SystemExit(f"{data}: only {len(kept)} pairs fit {max_length} tokens, {count} needed")
-    fitting = sum(max(len(c), len(r)) <= max_length for c, r in zip(dataset["chosen_input_ids"], dataset["rejected_input_ids"]))
-    report = {"read": len(pairs), "fitting": fitting, "kept": len(kept), "tokens": tokens, "response_tokens": response_tokens}
+    fitting = sum(
+        max(len(c), len(r)) <= max_length for c, r in zip(dataset["chosen_input_ids"], dataset["rejected_input_ids"])
+    )
+    report = {
+        "read": len(pairs),
+        "fitting": fitting,
+        "kept": len(kept),
+        "tokens": tokens,
+        "response_tokens": response_tokens,
+    }
     return kept, report
 
 

@@ -68,7 +68,8 @@ def conversation(prompt, response) -> list[dict]:
 def fits_untruncated(tokenizer, pair, max_length: int) -> bool:
     """Both sides fit: the two loops truncate differently (hafrm cuts the prompt's start), so compare those only."""
     return all(
-        len(tokenizer.apply_chat_template(conversation(pair.prompt, response), tokenize=True)["input_ids"]) <= max_length
+        len(tokenizer.apply_chat_template(conversation(pair.prompt, response), tokenize=True)["input_ids"])
+        <= max_length
         for response in (pair.chosen, pair.rejected)
     )
 

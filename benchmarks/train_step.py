@@ -24,6 +24,7 @@ read against the machine's best fp32 matmul rate measured here.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -61,6 +62,12 @@ def parse_args(argv=None):
         default="on",
         help="for every configuration alike (on: TRL's default for both trainers; off: hafrm's default)",
     )
+    parser.add_argument(
+        "--packing",
+        choices=("on", "off", "both"),
+        default="on",
+        help="hafrm's packed rows (its default; TRL pads) or padded rows like TRL's (configurations named *-padded)",
+    )
     parser.add_argument("--json", default=None, help="also write every measurement here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--pairs-file", default=None, help=argparse.SUPPRESS)
@@ -96,7 +103,7 @@ def lora_config(task_type: str, with_score: bool):
     )
 
 
-def run_hafrm(opts, method: str, mode: str, output_dir: str, timer: StepTimer) -> None:
+def run_hafrm(opts, method: str, mode: str, output_dir: str, timer: StepTimer, packing: bool = True) -> None:
     from hafrm.config import TrainConfig
     from hafrm.train import train
 
@@ -115,6 +122,7 @@ def run_hafrm(opts, method: str, mode: str, output_dir: str, timer: StepTimer) -
         lr=1e-5 if mode == "full" else 1e-4,
         gradient_checkpointing=opts.gradient_checkpointing == "on",
         sampling="sequential",
+        packing=packing,
         output_dir=output_dir,
     )
     train(cfg, callbacks=[timer])
@@ -172,7 +180,12 @@ def run_trl(opts, trainer_kind: str, mode: str, output_dir: str, timer: StepTime
     if mode == "freeze":
         freeze_like_hafrm(model, opts.trainable_layers)
     trainer = trainer_cls(
-        model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config, callbacks=[timer]
+        model=model,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[timer],
     )
     if len(trainer.train_dataset) != len(data):
         raise SystemExit(f"TRL kept {len(trainer.train_dataset)} of {len(data)} pairs: the runs would not compare")
@@ -185,10 +198,10 @@ def worker(opts) -> None:
 
     started = time.perf_counter()
     timer = StepTimer()
-    library, kind, mode = opts.worker.split("-")
+    library, kind, mode, *variant = opts.worker.split("-")
     with tempfile.TemporaryDirectory() as output_dir:
         if library == "hafrm":
-            run_hafrm(opts, kind, mode, output_dir, timer)
+            run_hafrm(opts, kind, mode, output_dir, timer, packing=variant != ["padded"])
         else:
             run_trl(opts, kind, mode, output_dir, timer)
     timed = timer.step_seconds[opts.warmup :]
@@ -212,7 +225,7 @@ def step_flops(config: str, model_config, pairs_report: dict, steps: int, opts) 
     block_params = (decoder_params(text) - vocab * hidden) / layers  # embeddings left out
     tokens = pairs_report["tokens"] / steps  # real tokens per step, chosen + rejected
     response = pairs_report["response_tokens"] / steps
-    library, kind, mode = config.split("-")
+    library, kind, mode, *_ = config.split("-")
     trained_share = opts.trainable_layers / layers if mode == "freeze" else 1.0
     checkpointing = opts.gradient_checkpointing == "on"
     trunk = 2 * block_params * layers * tokens  # one forward pass
@@ -248,7 +261,10 @@ def configurations(opts) -> list[str]:
     methods = [m.strip() for m in opts.methods.split(",")]
     configs = []
     for mode in modes:
-        configs += [f"hafrm-{method}-{mode}" for method in methods]
+        if opts.packing in ("on", "both"):
+            configs += [f"hafrm-{method}-{mode}" for method in methods]
+        if opts.packing in ("off", "both"):
+            configs += [f"hafrm-{method}-{mode}-padded" for method in methods]
         if not opts.no_trl:
             configs += [f"trl-reward-{mode}", f"trl-dpo-{mode}"]
     return configs
@@ -285,7 +301,8 @@ def main(argv=None) -> None:
     print(
         f"model {opts.model}; {report['kept']} pairs ({report['fitting']} of {report['read']} fit {opts.max_length} "
         f"tokens); batch {opts.batch_size} pairs; {opts.warmup} warm-up + {opts.steps} timed steps; "
-        f"{opts.rounds} rounds; fp32; gradient checkpointing {opts.gradient_checkpointing}; threads "
+        f"{opts.rounds} rounds; fp32; gradient checkpointing {opts.gradient_checkpointing}; hafrm packing "
+        f"{opts.packing}; threads "
         f"{torch.get_num_threads()}; matmul peak {peak / 1e9:.1f} GFLOP/s",
         flush=True,
     )
@@ -297,29 +314,33 @@ def main(argv=None) -> None:
         for config in configs if index % 2 == 0 else configs[::-1]:
             results[config] = run_worker(opts, config)
             print(
-                f"  round {index + 1} {config:<20} step {results[config]['mean_step_seconds']:7.2f} s  "
+                f"  round {index + 1} {config:<24} step {results[config]['mean_step_seconds']:7.2f} s  "
                 f"peak {results[config]['peak_gb']:6.2f} GB",
                 flush=True,
             )
         rounds.append(results)
     print_table(opts, configs, rounds, report, model_config, peak, total_steps)
     if opts.json:
-        Path(opts.json).write_text(json.dumps({"options": vars(opts), "pairs": report, "peak_flops": peak, "rounds": rounds}, indent=2))
+        Path(opts.json).write_text(
+            json.dumps({"options": vars(opts), "pairs": report, "peak_flops": peak, "rounds": rounds}, indent=2)
+        )
 
 
 def print_table(opts, configs, rounds, report, model_config, peak, total_steps) -> None:
-    print(f"\n{'configuration':<20} {'step s (min/med/max)':>24} {'peak GB (min/med/max)':>24} {'GFLOP/s':>8} {'of peak':>7}")
+    print(
+        f"\n{'configuration':<24} {'step s (min/med/max)':>24} {'peak GB (min/med/max)':>24} {'GFLOP/s':>8} {'of peak':>7}"
+    )
     for config in configs:
         steps = [r[config]["mean_step_seconds"] for r in rounds]
         memory = [r[config]["peak_gb"] for r in rounds]
         flops = step_flops(config, model_config, report, total_steps, opts) / statistics.median(steps)
-        print(f"{config:<20} {spread(steps):>24} {spread(memory):>24} {flops / 1e9:8.1f} {flops / peak:7.1%}")
+        print(f"{config:<24} {spread(steps):>24} {spread(memory):>24} {flops / 1e9:8.1f} {flops / peak:7.1%}")
     if opts.no_trl:
         return
-    print(f"\n{'ratio (hafrm / TRL)':<34} {'step time':>20} {'target':>7} {'peak memory':>20} {'target':>7}")
+    print(f"\n{'ratio (hafrm / TRL)':<44} {'step time':>20} {'target':>7} {'peak memory':>20} {'target':>7}")
     for mode in [m.strip() for m in opts.modes.split(",")]:
-        for ours, theirs, time_bound, memory_bound in TARGETS:
-            ours, theirs = ours.format(m=mode), theirs.format(m=mode)
+        for (ours, theirs, time_bound, memory_bound), suffix in itertools.product(TARGETS, ("", "-padded")):
+            ours, theirs = ours.format(m=mode) + suffix, theirs.format(m=mode)
             if ours not in configs:
                 continue
             times = [r[ours]["mean_step_seconds"] / r[theirs]["mean_step_seconds"] for r in rounds]
@@ -328,7 +349,9 @@ def print_table(opts, configs, rounds, report, model_config, peak, total_steps) 
             mem_bound = f"{memory_bound:.2f}" if memory_bound else "-"
             if memory_bound and statistics.median(memory) > memory_bound:
                 verdict += " (memory MISSED)"
-            print(f"{ours + ' / ' + theirs:<34} {spread(times):>20} {time_bound:7.2f} {spread(memory):>20} {mem_bound:>7}  {verdict}")
+            print(
+                f"{ours + ' / ' + theirs:<44} {spread(times):>20} {time_bound:7.2f} {spread(memory):>20} {mem_bound:>7}  {verdict}"
+            )
 
 
 if __name__ == "__main__":

@@ -25,12 +25,14 @@ def test_train_step_measures_hafrm_and_trl_on_the_same_pairs(tiny_model, pairs_f
         "train_step.py",
         *("--model", tiny_model, "--data", str(pairs_file), "--modes", "freeze", "--methods", "haf,dpo"),
         *("--trainable-layers", "1", "--batch-size", "4", "--max-length", "96", "--warmup", "1", "--steps", "2"),
-        *("--rounds", "1", "--json", str(report)),
+        *("--rounds", "1", "--packing", "both", "--json", str(report)),
     )
     assert "matmul peak" in out
-    for config in ("hafrm-haf-freeze", "hafrm-dpo-freeze", "trl-reward-freeze", "trl-dpo-freeze"):
+    configs = ("hafrm-haf-freeze", "hafrm-dpo-freeze", "hafrm-haf-freeze-padded", "trl-reward-freeze", "trl-dpo-freeze")
+    for config in configs:
         assert re.search(rf"^{config}\s+[\d.]+ / [\d.]+ / [\d.]+", out, re.MULTILINE), config
     assert re.search(r"^hafrm-haf-freeze / trl-reward-freeze\s+[\d.]+ / ", out, re.MULTILINE)
+    assert re.search(r"^hafrm-haf-freeze-padded / trl-reward-freeze\s+[\d.]+ / ", out, re.MULTILINE)
     assert re.search(r"^hafrm-dpo-freeze / trl-dpo-freeze\s+[\d.]+ / ", out, re.MULTILINE)
     measured = json.loads(report.read_text())
     assert measured["pairs"]["kept"] == 4 * 3  # batch x (warm-up + timed steps), the same pairs for all

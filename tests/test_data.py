@@ -140,6 +140,33 @@ def test_collator_stacks_chosen_then_rejected_and_masks_responses():
     assert left["response_mask"][0].tolist() == [0, 0, 1, 1]
 
 
+def test_packing_lays_sequences_end_to_end_with_restarting_positions():
+    rows = [
+        {"chosen_input_ids": [5, 6, 7], "rejected_input_ids": [5, 8], "prompt_length": 1, "margin": 0.5},
+        {"chosen_input_ids": [9, 1], "rejected_input_ids": [9, 2, 3, 4], "prompt_length": 1, "margin": 1.0},
+    ]
+    packed = PairCollator(pad_token_id=0, packing=True)(rows)
+    # sequences 0..3 = chosen 0, chosen 1, rejected 0, rejected 1; width 4 = the longest; longest first
+    assert packed["input_ids"].tolist() == [[9, 2, 3, 4], [5, 6, 7, 0], [9, 1, 5, 8]]
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 0, 1]]
+    assert packed["sequence_ids"].tolist() == [[3, 3, 3, 3], [0, 0, 0, -1], [1, 1, 2, 2]]
+    assert packed["response_mask"].tolist() == [[0, 1, 1, 1], [0, 1, 1, 0], [0, 1, 0, 1]]
+    flat = packed["input_ids"].flatten()
+    assert flat[packed["sequence_ends"]].tolist() == [7, 1, 8, 4]
+    assert packed["margin"].tolist() == [0.5, 1.0]
+    assert "attention_mask" not in packed  # the restarting positions are the mask
+
+
+def test_packing_never_scores_a_sequences_first_token():
+    """With no prompt, the first token of a packed sequence would be predicted from another sequence."""
+    from hafrm.data.collator import pack_rows
+
+    packed = pack_rows([[1, 2], [3, 4]], [0, 0], pad_token_id=0, width=4)
+    assert packed["response_mask"].tolist() == [[0, 1, 0, 1]]
+    with pytest.raises(ValueError, match="longer than the packed row width 3"):
+        pack_rows([[1, 2, 3, 4]], [1], pad_token_id=0, width=3)
+
+
 def test_validation_split_is_seeded_and_disjoint(pairs_file):
     pairs = read_pairs(str(pairs_file))
     train, validation = split_validation(pairs, 0.25, seed=3)

@@ -160,6 +160,50 @@ def test_reward_head_init_depends_on_the_seed_alone(tiny_model):
     assert not torch.equal(first.score.weight, other.score.weight)
 
 
+def test_packed_rows_give_the_padded_results_and_gradients(tiny_model, dataset):
+    """Rewards, log-probs, lengths, loss and every gradient: packed equals padded."""
+    rows = [dict(dataset[i]) for i in range(6)]
+    for row in rows[3:]:  # prompts cut short, so that two short sequences share a row
+        row["chosen_input_ids"], row["rejected_input_ids"] = (
+            row["chosen_input_ids"][30:],
+            row["rejected_input_ids"][30:],
+        )
+        row["prompt_length"] -= 30
+    results = []
+    for packing in (False, True):
+        model, _ = load_base_model(tiny_model, with_score_head=True)
+        batch = PairCollator(pad_token_id=0, packing=packing)(rows)
+        out = hybrid_forward(model, batch, need_rewards=True, need_logps=True)
+        loss = (out.chosen_rewards - out.rejected_rewards).sum() + (out.chosen_logps - out.rejected_logps).sum()
+        loss.backward()
+        grads = {name: param.grad.clone() for name, param in model.named_parameters() if param.grad is not None}
+        results.append((batch, out, grads))
+    (padded_batch, padded, padded_grads), (packed_batch, packed, packed_grads) = results
+    assert packed_batch["input_ids"].numel() < padded_batch["input_ids"].numel()  # it did pack
+    for field in ("chosen_rewards", "rejected_rewards", "chosen_logps", "rejected_logps"):
+        torch.testing.assert_close(getattr(packed, field), getattr(padded, field), rtol=1e-4, atol=1e-5)
+    assert torch.equal(packed.chosen_lengths, padded.chosen_lengths)
+    assert torch.equal(packed.rejected_lengths, padded.rejected_lengths)
+    assert packed_grads.keys() == padded_grads.keys()
+    for name in padded_grads:
+        torch.testing.assert_close(packed_grads[name], padded_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_packing_error_catches_attention_that_ignores_sequence_boundaries(tiny_model, dataset, monkeypatch):
+    import transformers.masking_utils
+
+    from hafrm.model import packing_error
+    from hafrm.train import PACKING_TOLERANCE
+
+    model, _ = load_base_model(tiny_model, with_score_head=True)
+    row = dataset[0]
+    pair = (row["chosen_input_ids"], row["rejected_input_ids"], row["prompt_length"])
+    assert packing_error(model, *pair, need_rewards=True, need_logps=True) < PACKING_TOLERANCE / 100
+    # an attention that reads the whole row causally, across sequences
+    monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
+    assert packing_error(model, *pair, need_rewards=True, need_logps=True) > PACKING_TOLERANCE
+
+
 def test_zero_dropout_finds_every_rate_in_nested_configs():
     from transformers import GPT2Config, LlavaConfig
 

@@ -200,6 +200,68 @@ def test_gradient_checkpointing_changes_memory_not_numbers(finetune, tiny_model,
     assert histories[1] == pytest.approx(histories[0], rel=1e-4)
 
 
+@pytest.fixture(scope="module")
+def varied_pairs(tmp_path_factory) -> Path:
+    """Pairs whose responses run from one to ten sentences, so short sequences can share a packed row."""
+    from make_data import make_pairs
+
+    rows = make_pairs(24, seed=3)
+    for i, row in enumerate(rows):
+        row["chosen"] = " ".join([row["chosen"]] * (1 + i % 10))
+        row["rejected"] = " ".join([row["rejected"]] * (1 + (i * 7) % 10))
+    path = tmp_path_factory.mktemp("varied") / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _record_batches(monkeypatch) -> list[dict]:
+    from hafrm.data.collator import PairCollator
+
+    batches, collate = [], PairCollator.__call__
+
+    def recording(self, rows):
+        batch = collate(self, rows)
+        batches.append(batch)
+        return batch
+
+    monkeypatch.setattr(PairCollator, "__call__", recording)
+    return batches
+
+
+def test_packing_trains_like_padding_on_fewer_tokens(tiny_model, varied_pairs, tmp_path, monkeypatch):
+    batches = _record_batches(monkeypatch)
+    histories, tokens = [], []
+    for flags in (["--no-packing"], []):
+        batches.clear()
+        out = train(
+            tiny_model,
+            varied_pairs,
+            tmp_path / f"run{len(flags)}",
+            *("--method", "haf", "--max-steps", "3", "--val-fraction", "0", "--sampling", "sequential", *flags),
+        )
+        steps = [entry for entry in trainer_state(out)["log_history"] if "loss" in entry]
+        histories.append([value for entry in steps for value in (entry["loss"], entry["grad_norm"])])
+        tokens.append(sum(batch["input_ids"].numel() for batch in batches))
+        assert all(("sequence_ids" in batch) == (not flags) for batch in batches)
+    assert tokens[1] < 0.8 * tokens[0], tokens
+    assert histories[1] == pytest.approx(histories[0], rel=1e-4)
+
+
+def test_packing_turns_itself_off_for_attention_that_ignores_it(
+    tiny_model, varied_pairs, tmp_path, monkeypatch, capsys
+):
+    import transformers.masking_utils
+
+    monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
+    batches = _record_batches(monkeypatch)
+    train(tiny_model, varied_pairs, tmp_path / "run", "--method", "rm", "--max-steps", "2", "--val-fraction", "0")
+    assert (
+        "note: packing off: LlamaForCausalLM scores two sequences packed in one row differently"
+        in capsys.readouterr().out
+    )
+    assert batches and all("attention_mask" in batch and "sequence_ids" not in batch for batch in batches)
+
+
 def test_group_by_length_batches_pairs_of_similar_length(tiny_model, pairs_file, tmp_path, monkeypatch):
     from hafrm.data.collator import PairCollator
 

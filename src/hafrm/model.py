@@ -146,13 +146,23 @@ def _frozen_weight(lm_head: nn.Module) -> Tensor | None:
     return weight
 
 
-def response_logps(causal_lm: nn.Module, hidden: Tensor, input_ids: Tensor, response_mask: Tensor):
-    """Summed log-probs and token counts of response tokens only, lm_head run on those positions."""
-    # hidden: [N, T, H]; input_ids, response_mask: [N, T]. Token t+1 is predicted from state t.
-    target_mask = response_mask[:, 1:].bool()  # [N, T-1]
+def response_logps(
+    causal_lm: nn.Module, hidden: Tensor, input_ids: Tensor, response_mask: Tensor, sequence_ids: Tensor | None = None
+):
+    """Summed log-probs and token counts of response tokens only, lm_head run on those positions.
+
+    -> (logps [N], lengths [N]) for N sequences: one per row, or, with packed rows, as `sequence_ids` names them.
+    """
+    # hidden: [R, T, H]; input_ids, response_mask, sequence_ids: [R, T]. Token t+1 is predicted from state t.
+    target_mask = response_mask[:, 1:].bool()  # [R, T-1]
     states = hidden[:, :-1][target_mask]  # [M, H]
     targets = input_ids[:, 1:][target_mask]  # [M]
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(target_mask)[target_mask]
+    if sequence_ids is None:
+        n_sequences = input_ids.shape[0]
+        rows = torch.arange(n_sequences, device=input_ids.device)[:, None].expand_as(target_mask)[target_mask]
+    else:
+        n_sequences = int(sequence_ids.max()) + 1
+        rows = sequence_ids[:, 1:][target_mask]  # [M] the sequence each target token belongs to
     lm_head = causal_lm.get_output_embeddings()
     softcap = getattr(causal_lm.config.get_text_config(), "final_logit_softcapping", None)
     with_grad = torch.is_grad_enabled() and states.requires_grad
@@ -171,27 +181,36 @@ def response_logps(causal_lm: nn.Module, hidden: Tensor, input_ids: Tensor, resp
         else:
             pieces.append(_token_logps(chunk_states, chunk_targets, lm_head, softcap))
     token_logps = torch.cat(pieces) if pieces else states.new_zeros(0)
-    sums = torch.zeros(input_ids.shape[0], device=hidden.device, dtype=token_logps.dtype)
-    return sums.index_add(0, rows, token_logps), target_mask.sum(dim=1)
+    sums = torch.zeros(n_sequences, device=hidden.device, dtype=token_logps.dtype)
+    return sums.index_add(0, rows, token_logps), torch.bincount(rows, minlength=n_sequences)
 
 
 def _heads(causal_lm: nn.Module, hidden: Tensor, batch: dict, need_rewards: bool, need_logps: bool):
     # hidden: [N, T, H] last hidden states -> (rewards [N] | None, logps [N] | None, lengths [N] | None)
     rewards = logps = lengths = None
+    packed = "sequence_ids" in batch
     if need_rewards:
-        last = last_token_index(batch["attention_mask"])
-        last_states = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [N, H]
+        if packed:
+            last_states = hidden.reshape(-1, hidden.shape[-1])[batch["sequence_ends"]]  # [N, H]
+        else:
+            last = last_token_index(batch["attention_mask"])
+            last_states = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [N, H]
         score = getattr(causal_lm, SCORE_HEAD)
         rewards = score(last_states.to(score.weight.dtype)).squeeze(-1).float()  # [N]
     if need_logps:
-        logps, lengths = response_logps(causal_lm, hidden, batch["input_ids"], batch["response_mask"])
+        logps, lengths = response_logps(
+            causal_lm, hidden, batch["input_ids"], batch["response_mask"], batch.get("sequence_ids") if packed else None
+        )
     return rewards, logps, lengths
 
 
 def forward_rows(model: nn.Module, batch: dict, need_rewards: bool, need_logps: bool):
     """One trunk pass over N rows -> (rewards [N] or None, response logps [N] or None, lengths [N] or None).
 
-    `batch` has `input_ids`, `attention_mask` and, for log-probs, `response_mask`, each [N, T].
+    `batch` has `input_ids`, `attention_mask` and, for log-probs, `response_mask`, each [N, T]; or
+    packed rows (`PairCollator(packing=True)`): `input_ids`, `position_ids`, `response_mask`,
+    `sequence_ids` [R, T] and `sequence_ends` [N], run with no attention mask so that transformers
+    reads the sequence boundaries from the restarting positions.
 
     The call goes through `model(...)`, whatever wraps it (DDP, FSDP, DeepSpeed, peft, accelerate's
     autocast), so gradient sync, sharded-parameter gathering and mixed precision apply to both heads.
@@ -215,12 +234,13 @@ def forward_rows(model: nn.Module, batch: dict, need_rewards: bool, need_logps: 
         trunk_of(causal_lm).register_forward_hook(run_heads),
         causal_lm.register_forward_hook(heads_as_output),
     ]
+    if "sequence_ids" in batch:
+        attention_mask, position_ids = None, batch["position_ids"]
+    else:
+        attention_mask, position_ids = batch["attention_mask"], position_ids_from_mask(batch["attention_mask"])
     try:
         return model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=position_ids_from_mask(batch["attention_mask"]),
-            use_cache=False,
+            input_ids=batch["input_ids"], attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         )
     finally:
         for hook in hooks:
@@ -228,9 +248,9 @@ def forward_rows(model: nn.Module, batch: dict, need_rewards: bool, need_logps: 
 
 
 def hybrid_forward(model: nn.Module, batch: dict, need_rewards: bool, need_logps: bool) -> HybridOutput:
-    """One trunk pass over [chosen; rejected] ([2B, T] tensors, chosen rows first), then the heads asked for."""
+    """One trunk pass over [chosen; rejected] (2B sequences, chosen first; padded or packed rows), then the heads asked for."""
     rewards, logps, lengths = forward_rows(model, batch, need_rewards, need_logps)
-    n_pairs = batch["input_ids"].shape[0] // 2
+    n_pairs = (rewards if rewards is not None else logps).shape[0] // 2
     out = HybridOutput()
     if rewards is not None:
         out.chosen_rewards, out.rejected_rewards = rewards[:n_pairs], rewards[n_pairs:]
@@ -238,6 +258,26 @@ def hybrid_forward(model: nn.Module, batch: dict, need_rewards: bool, need_logps
         out.chosen_logps, out.rejected_logps = logps[:n_pairs], logps[n_pairs:]
         out.chosen_lengths, out.rejected_lengths = lengths[:n_pairs], lengths[n_pairs:]
     return out
+
+
+@torch.no_grad()
+def packing_error(model: nn.Module, chosen: list[int], rejected: list[int], prompt_length: int, **heads) -> float:
+    """Largest relative difference between the heads' outputs on two sequences padded and packed into one row.
+
+    ~1e-6 when the model's attention keeps packed sequences apart; far larger when the second
+    sequence attends to the first (an architecture whose mask ignores restarting positions).
+    `heads`: need_rewards / need_logps, as the method uses them.
+    """
+    from .data.collator import pack_rows, pad_rows
+
+    was_training = model.training
+    model.eval()
+    sequences, prompts = [chosen, rejected], [prompt_length, prompt_length]
+    padded = forward_rows(model, pad_rows(sequences, prompts, 0, "right"), **heads)
+    packed = forward_rows(model, pack_rows(sequences, prompts, 0, width=len(chosen) + len(rejected)), **heads)
+    model.train(was_training)
+    errors = [((a - b).abs() / (1 + b.abs())).max().item() for a, b in zip(packed[:2], padded[:2]) if a is not None]
+    return max(errors)
 
 
 @torch.no_grad()
