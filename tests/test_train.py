@@ -182,6 +182,12 @@ def test_gradient_accumulation_and_eval_data(tiny_model, pairs_file, tmp_path):
     assert evals[-1]["eval_implicit_accuracy"] >= 0
 
 
+def loss_curve(directory: Path) -> list[float]:
+    """Loss and gradient norm of every logged training step, flattened."""
+    steps = [entry for entry in trainer_state(directory)["log_history"] if "loss" in entry]
+    return [value for entry in steps for value in (entry["loss"], entry["grad_norm"])]
+
+
 @pytest.mark.parametrize("finetune", ["full", "lora", "freeze"])
 def test_gradient_checkpointing_changes_memory_not_numbers(finetune, tiny_model, pairs_file, tmp_path):
     """Checkpointed blocks recompute in backward; LoRA and freeze (frozen inputs) still get gradients."""
@@ -194,8 +200,7 @@ def test_gradient_checkpointing_changes_memory_not_numbers(finetune, tiny_model,
             *("--method", "haf", "--finetune", finetune, "--trainable-layers", "1"),
             *("--max-steps", "3", "--val-fraction", "0", "--sampling", "sequential", *flags),
         )
-        steps = [entry for entry in trainer_state(out)["log_history"] if "loss" in entry]
-        histories.append([value for entry in steps for value in (entry["loss"], entry["grad_norm"])])
+        histories.append(loss_curve(out))
     assert len(histories[0]) == 6 and all(norm > 0 for norm in histories[0][1::2])
     assert histories[1] == pytest.approx(histories[0], rel=1e-4)
 
@@ -239,8 +244,7 @@ def test_packing_trains_like_padding_on_fewer_tokens(tiny_model, varied_pairs, t
             tmp_path / f"run{len(flags)}",
             *("--method", "haf", "--max-steps", "3", "--val-fraction", "0", "--sampling", "sequential", *flags),
         )
-        steps = [entry for entry in trainer_state(out)["log_history"] if "loss" in entry]
-        histories.append([value for entry in steps for value in (entry["loss"], entry["grad_norm"])])
+        histories.append(loss_curve(out))
         tokens.append(sum(batch["input_ids"].numel() for batch in batches))
         assert all(("sequence_ids" in batch) == (not flags) for batch in batches)
     assert tokens[1] < 0.8 * tokens[0], tokens
@@ -260,6 +264,7 @@ def test_packing_turns_itself_off_for_attention_that_ignores_it(
         in capsys.readouterr().out
     )
     assert batches and all("attention_mask" in batch and "sequence_ids" not in batch for batch in batches)
+    assert json.loads((tmp_path / "run" / "hafrm.json").read_text())["packing"] is False
 
 
 def test_group_by_length_batches_pairs_of_similar_length(tiny_model, pairs_file, tmp_path, monkeypatch):

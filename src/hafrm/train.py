@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -182,6 +182,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> dict:
         train_set, eval_set = load_datasets(cfg, tokenizer)
         collator = PairCollator(pad_token_id=tokenizer.pad_token_id, padding_side=cfg.padding_side)
         collator.packing = cfg.packing and packing_holds(model, train_set[0], objective)
+        cfg = replace(cfg, packing=collator.packing)  # hafrm.json records what ran
         if objective.needs_reference and cfg.reference == "cache":
             batch = cfg.eval_batch_size or cfg.batch_size
             train_set = add_reference_logps(model, train_set, collator, batch)
