@@ -267,6 +267,22 @@ def test_packing_turns_itself_off_for_attention_that_ignores_it(
     assert json.loads((tmp_path / "run" / "hafrm.json").read_text())["packing"] is False
 
 
+def test_packing_turns_itself_off_for_a_model_that_cannot_run_packed(
+    tiny_model, varied_pairs, tmp_path, monkeypatch, capsys
+):
+    import hafrm.train
+
+    def fails(*args, **kwargs):
+        raise ValueError("position_ids must be 3-dimensional")
+
+    monkeypatch.setattr(hafrm.train, "packing_error", fails)
+    batches = _record_batches(monkeypatch)
+    train(tiny_model, varied_pairs, tmp_path / "run", "--method", "rm", "--max-steps", "1", "--val-fraction", "0")
+    out = capsys.readouterr().out
+    assert "note: packing off: LlamaForCausalLM failed on packed rows (ValueError: position_ids must be 3" in out
+    assert batches and all("sequence_ids" not in batch for batch in batches)
+
+
 def test_group_by_length_batches_pairs_of_similar_length(tiny_model, pairs_file, tmp_path, monkeypatch):
     from hafrm.data.collator import PairCollator
 
