@@ -294,36 +294,36 @@ def main(argv=None) -> None:
     tokenizer = load_tokenizer(opts.model)
     total_steps = opts.warmup + opts.steps
     pairs, report = select_pairs(opts.data or default_data(), tokenizer, opts.max_length, opts.batch_size * total_steps)
-    workdir = Path(tempfile.mkdtemp(prefix="hafrm-bench-"))
-    opts.pairs_file = str(write_trl_file(pairs, workdir / "pairs.jsonl"))
-    peak = matmul_peak_flops()
-    model_config = AutoConfig.from_pretrained(resolve_model_path(opts.model))
-    print(
-        f"model {opts.model}; {report['kept']} pairs ({report['fitting']} of {report['read']} fit {opts.max_length} "
-        f"tokens); batch {opts.batch_size} pairs; {opts.warmup} warm-up + {opts.steps} timed steps; "
-        f"{opts.rounds} rounds; fp32; gradient checkpointing {opts.gradient_checkpointing}; hafrm packing "
-        f"{opts.packing}; threads "
-        f"{torch.get_num_threads()}; matmul peak {peak / 1e9:.1f} GFLOP/s",
-        flush=True,
-    )
-    configs = configurations(opts)
-    rounds: list[dict[str, dict]] = []
-    for index in range(opts.rounds):
-        results = {}
-        # odd rounds run the configurations in reverse, so no one always goes first (or after TRL's DPO)
-        for config in configs if index % 2 == 0 else configs[::-1]:
-            results[config] = run_worker(opts, config)
-            print(
-                f"  round {index + 1} {config:<24} step {results[config]['mean_step_seconds']:7.2f} s  "
-                f"peak {results[config]['peak_gb']:6.2f} GB",
-                flush=True,
-            )
-        rounds.append(results)
-    print_table(opts, configs, rounds, report, model_config, peak, total_steps)
-    if opts.json:
-        Path(opts.json).write_text(
-            json.dumps({"options": vars(opts), "pairs": report, "peak_flops": peak, "rounds": rounds}, indent=2)
+    with tempfile.TemporaryDirectory(prefix="hafrm-bench-") as workdir:
+        opts.pairs_file = str(write_trl_file(pairs, Path(workdir) / "pairs.jsonl"))
+        peak = matmul_peak_flops()
+        model_config = AutoConfig.from_pretrained(resolve_model_path(opts.model))
+        print(
+            f"model {opts.model}; {report['kept']} pairs ({report['fitting']} of {report['read']} fit {opts.max_length} "
+            f"tokens); batch {opts.batch_size} pairs; {opts.warmup} warm-up + {opts.steps} timed steps; "
+            f"{opts.rounds} rounds; fp32; gradient checkpointing {opts.gradient_checkpointing}; hafrm packing "
+            f"{opts.packing}; threads "
+            f"{torch.get_num_threads()}; matmul peak {peak / 1e9:.1f} GFLOP/s",
+            flush=True,
         )
+        configs = configurations(opts)
+        rounds: list[dict[str, dict]] = []
+        for index in range(opts.rounds):
+            results = {}
+            # odd rounds run the configurations in reverse, so no one always goes first (or after TRL's DPO)
+            for config in configs if index % 2 == 0 else configs[::-1]:
+                results[config] = run_worker(opts, config)
+                print(
+                    f"  round {index + 1} {config:<24} step {results[config]['mean_step_seconds']:7.2f} s  "
+                    f"peak {results[config]['peak_gb']:6.2f} GB",
+                    flush=True,
+                )
+            rounds.append(results)
+        print_table(opts, configs, rounds, report, model_config, peak, total_steps)
+        if opts.json:
+            Path(opts.json).write_text(
+                json.dumps({"options": vars(opts), "pairs": report, "peak_flops": peak, "rounds": rounds}, indent=2)
+            )
 
 
 def print_table(opts, configs, rounds, report, model_config, peak, total_steps) -> None:
