@@ -196,7 +196,8 @@ def _heads(causal_lm: nn.Module, hidden: Tensor, batch: dict, need_rewards: bool
             last = last_token_index(batch["attention_mask"])
             last_states = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [N, H]
         score = getattr(causal_lm, SCORE_HEAD)
-        rewards = score(last_states.to(score.weight.dtype)).squeeze(-1).float()  # [N]
+        # a fresh tensor, not a view: wrappers (FSDP2) hook the model's outputs and in-place ops drop hooks on views
+        rewards = score(last_states.to(score.weight.dtype)).squeeze(-1).float().clone()  # [N]
     if need_logps:
         logps, lengths = response_logps(
             causal_lm, hidden, batch["input_ids"], batch["response_mask"], batch.get("sequence_ids") if packed else None
@@ -232,7 +233,9 @@ def forward_rows(model: nn.Module, batch: dict, need_rewards: bool, need_logps: 
 
     hooks = [
         trunk_of(causal_lm).register_forward_hook(run_heads),
-        causal_lm.register_forward_hook(heads_as_output),
+        # prepend: the heads' results are the output that a wrapper's own post-forward hook sees (FSDP2's
+        # registers its pre-backward hooks on it; appended, they would land on the empty logits instead)
+        causal_lm.register_forward_hook(heads_as_output, prepend=True),
     ]
     if "sequence_ids" in batch:
         attention_mask, position_ids = None, batch["position_ids"]
