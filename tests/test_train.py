@@ -484,3 +484,22 @@ def test_eval_figures_plots_and_reward_moments(tiny_model, pairs_file, tmp_path)
     assert "combined" in report and report["combined"]["accuracy"] >= 0
     assert report["perplexity"]["chosen"]["mean"] > 1 and report["perplexity"]["rejected"]["variance"] >= 0
     assert sorted(p.name for p in plots.glob("*.png")) == ["calibration.png", "margins.png", "perplexity.png"]
+
+
+def test_a_sharding_config_on_a_cpu_says_it_runs_unsharded(tiny_model, pairs_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --config_file fsdp.yaml` sets
+    train(tiny_model, pairs_file, tmp_path / "run", "--method", "rm", "--max-steps", "1", "--val-fraction", "0")
+    assert "note: no GPU here: accelerate runs this FSDP config as plain data parallel" in capsys.readouterr().out
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    train(tiny_model, pairs_file, tmp_path / "again", "--method", "rm", "--max-steps", "1", "--val-fraction", "0")
+    assert "note: no GPU here" not in capsys.readouterr().out
+
+
+def test_engines_ignored_names_deepspeed_too(monkeypatch):
+    # (a whole run needs the deepspeed package: transformers asks for it as soon as the variable is set)
+    from hafrm.train import engines_ignored
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert engines_ignored() == ["DeepSpeed"]
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "True")
+    assert engines_ignored() == ["FSDP", "DeepSpeed"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -33,6 +34,17 @@ PACKING_TOLERANCE = 1e-3
 def on_cpu() -> bool:
     """No accelerator here: train on the CPU (several processes join on gloo under `accelerate launch`)."""
     return not torch.accelerator.is_available()
+
+
+def engines_ignored() -> list[str]:
+    """Sharding engines an `accelerate launch` config asked for that accelerate drops on a CPU-only machine.
+
+    There accelerate runs FSDP and DeepSpeed configs as plain data parallel (DDP on gloo) without a word.
+    """
+    if not on_cpu():
+        return []
+    asked = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
+    return [name for name, variable in asked.items() if os.environ.get(variable, "").lower() == "true"]
 
 
 def say(*args) -> None:
@@ -177,6 +189,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> dict:
     """Run one training job; `callbacks` are extra `transformers.TrainerCallback`s (timers, trackers)."""
     set_seed(cfg.seed)
     objective = objective_from(cfg)
+    for engine in engines_ignored():
+        say(f"note: no GPU here: accelerate runs this {engine} config as plain data parallel on the CPU (no sharding)")
     # Under `accelerate launch` the main process converts the default model, reads the data and
     # fills the reference cache first; the other processes then read all of it from the caches.
     with PartialState(cpu=on_cpu()).main_process_first():
