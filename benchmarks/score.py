@@ -42,7 +42,7 @@ def parse_args(argv=None):
 
 
 def save_reward_model(model_name: str, directory: Path) -> None:
-    from hafrm.model import load_base_model, write_hafrm_config
+    from hafrm.checkpoint import load_base_model, write_hafrm_config
 
     model, tokenizer = load_base_model(model_name, with_score_head=True)
     model.save_pretrained(directory)
@@ -98,8 +98,8 @@ def main(argv=None) -> None:
     opts = parse_args(argv)
     from transformers import AutoModelForSequenceClassification
 
+    from hafrm.checkpoint import load_trained
     from hafrm.data import load_data
-    from hafrm.model import load_trained
 
     pairs, _ = load_data(opts.data or default_data(), skip_bad_rows=True)
     pairs = pairs[: opts.pairs]

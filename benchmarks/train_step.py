@@ -151,12 +151,14 @@ def trl_common(opts, mode: str, output_dir: str) -> dict:
 
 
 def run_trl(opts, trainer_kind: str, mode: str, output_dir: str, timer: StepTimer) -> None:
+    import copy
+
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from hafrm.checkpoint import fit_embeddings, load_tokenizer
     from hafrm.default_model import resolve_model_path
-    from hafrm.model import load_tokenizer
 
     path = resolve_model_path(opts.model)
     tokenizer = load_tokenizer(opts.model)
@@ -166,7 +168,6 @@ def run_trl(opts, trainer_kind: str, mode: str, output_dir: str, timer: StepTime
         from trl import RewardConfig, RewardTrainer
 
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
-        model.config.pad_token_id = tokenizer.pad_token_id
         if mode == "lora":
             peft_config = lora_config("SEQ_CLS", with_score=True)
         args, trainer_cls = RewardConfig(**trl_common(opts, mode, output_dir)), RewardTrainer
@@ -177,10 +178,16 @@ def run_trl(opts, trainer_kind: str, mode: str, output_dir: str, timer: StepTime
         if mode == "lora":
             peft_config = lora_config("CAUSAL_LM", with_score=False)
         args, trainer_cls = DPOConfig(**trl_common(opts, mode, output_dir), beta=0.1), DPOTrainer
+    fit_embeddings(model, tokenizer)  # the same pad token (and, where added, embedding row) as hafrm's model
+    extra = {}
+    if trainer_kind != "reward" and mode != "lora":
+        # what DPOTrainer would load from the path itself, but with the embedding row hafrm's pad token needs
+        extra["ref_model"] = copy.deepcopy(model).eval().requires_grad_(False)
     if mode == "freeze":
         freeze_like_hafrm(model, opts.trainable_layers)
     trainer = trainer_cls(
         model=model,
+        **extra,
         args=args,
         train_dataset=data,
         processing_class=tokenizer,
@@ -288,8 +295,8 @@ def main(argv=None) -> None:
     import torch
     from transformers import AutoConfig
 
+    from hafrm.checkpoint import load_tokenizer
     from hafrm.default_model import resolve_model_path
-    from hafrm.model import load_tokenizer
 
     tokenizer = load_tokenizer(opts.model)
     total_steps = opts.warmup + opts.steps

@@ -8,10 +8,11 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
+from hafrm.checkpoint import load_trained
 from hafrm.cli import main
 from hafrm.data.collator import pad_rows
 from hafrm.default_model import resolve_model_path
-from hafrm.model import forward_rows, load_trained
+from hafrm.model import forward_rows
 
 pytestmark = pytest.mark.slow
 

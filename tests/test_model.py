@@ -2,19 +2,11 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from hafrm.checkpoint import load_base_model
 from hafrm.data import PairCollator, read_pairs, tokenize_pairs
-from hafrm.data.collator import pad_rows
-from hafrm.model import (
-    forward_rows,
-    hybrid_forward,
-    last_token_index,
-    load_base_model,
-    load_trained,
-    zero_dropout,
-)
-from hafrm.trainer import Objective
+from hafrm.model import forward_rows, hybrid_forward, reward_index
+from hafrm.objective import Objective
 
 
 @pytest.fixture(scope="module")
@@ -30,19 +22,25 @@ def dataset(model_and_tokenizer, pairs_file):
     return tokenize_pairs(read_pairs(str(pairs_file))[:6], tokenizer, max_length=128)[0]
 
 
-def test_last_token_index_right_and_left_padding():
-    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
-    assert last_token_index(mask).tolist() == [2, 4, 4]
+def test_reward_index_is_the_last_token_that_is_not_the_pad():
+    pad = 9
+    input_ids = torch.tensor([[5, 2, 7, pad, pad], [5, 2, 7, 2, 2], [pad, pad, 5, 2, 2]])
+    assert reward_index(input_ids, pad).tolist() == [2, 4, 4]  # right padding, none, left padding
+    # the end-of-turn token (2 here) is read like any other: only the pad is skipped
+    assert reward_index(torch.tensor([[5, 2, pad]]), pad).tolist() == [1]
 
 
-def test_tokenizer_pads_with_eos(model_and_tokenizer):
-    _, tokenizer = model_and_tokenizer
-    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+def test_the_model_pads_with_a_token_that_is_not_eos(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    # SmolLM2's tokenizer has pad == eos and no reserved token: hafrm adds `<|pad|>` and one embedding row
+    assert tokenizer.pad_token == "<|pad|>" and tokenizer.pad_token_id == 49152 != tokenizer.eos_token_id
+    assert model.get_input_embeddings().weight.shape[0] == 49153
+    assert model.config.pad_token_id == 49152
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_padded_rewards_equal_unpadded(model_and_tokenizer, dataset, padding_side):
-    """pad == eos: the reward must come from the last real token, never from a pad."""
+    """The reward must come from the last real token, never from a pad."""
     model, tokenizer = model_and_tokenizer
     collator = PairCollator(tokenizer.pad_token_id, padding_side)
     rows = [dataset[i] for i in range(len(dataset))]
@@ -53,10 +51,10 @@ def test_padded_rewards_equal_unpadded(model_and_tokenizer, dataset, padding_sid
             torch.testing.assert_close(batched.chosen_rewards[i], alone.chosen_rewards[0], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(batched.rejected_rewards[i], alone.rejected_rewards[0], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(batched.chosen_logps[i], alone.chosen_logps[0], atol=1e-4, rtol=1e-5)
-    # The batch really was padded with eos after (or before) shorter rows.
+    # The batch really was padded after (or before) shorter rows.
     batch = collator(rows)
     assert (batch["attention_mask"] == 0).any()
-    assert (batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.eos_token_id).all()
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.pad_token_id).all()
 
 
 def test_response_logps_match_full_logits(model_and_tokenizer, dataset):
@@ -111,28 +109,6 @@ def test_haf_with_alpha_zero_has_the_gradients_of_rm(tiny_model, dataset):
     assert any(not torch.allclose(haf_nonzero[name], rm[name]) for name in rm)
 
 
-def test_checkpoint_loads_in_both_auto_classes(tiny_model, dataset, tmp_path):
-    model, tokenizer = load_base_model(tiny_model, with_score_head=True)
-    with torch.no_grad():
-        model.score.weight.normal_()
-    model.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    (tmp_path / "hafrm.json").write_text('{"reward_head": true, "method": "rm", "base_model": "x"}')
-
-    rows = [dataset[i]["chosen_input_ids"] for i in range(4)]
-    batch = pad_rows(rows, [0] * 4, tokenizer.pad_token_id, "right")
-    ours, _, _ = forward_rows(load_trained(tmp_path)[0], batch, need_rewards=True, need_logps=False)
-
-    classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=1).eval()
-    assert classifier.config.pad_token_id == tokenizer.pad_token_id
-    with torch.no_grad():
-        theirs = classifier(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
-    torch.testing.assert_close(theirs, ours.detach(), atol=1e-4, rtol=0)
-
-    policy = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    torch.testing.assert_close(policy.lm_head.weight, model.lm_head.weight)
-
-
 def test_margin_column_reaches_the_reward_loss(model_and_tokenizer, tmp_path):
     import json
 
@@ -171,8 +147,8 @@ def test_packed_rows_give_the_padded_results_and_gradients(tiny_model, dataset):
         row["prompt_length"] -= 30
     results = []
     for packing in (False, True):
-        model, _ = load_base_model(tiny_model, with_score_head=True)
-        batch = PairCollator(pad_token_id=0, packing=packing)(rows)
+        model, tokenizer = load_base_model(tiny_model, with_score_head=True)
+        batch = PairCollator(pad_token_id=tokenizer.pad_token_id, packing=packing)(rows)
         out = hybrid_forward(model, batch, need_rewards=True, need_logps=True)
         loss = (out.chosen_rewards - out.rejected_rewards).sum() + (out.chosen_logps - out.rejected_logps).sum()
         loss.backward()
@@ -202,34 +178,6 @@ def test_packing_error_catches_attention_that_ignores_sequence_boundaries(tiny_m
     # an attention that reads the whole row causally, across sequences
     monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
     assert packing_error(model, *pair, need_rewards=True, need_logps=True) > PACKING_TOLERANCE
-
-
-def test_zero_dropout_finds_every_rate_in_nested_configs():
-    from transformers import GPT2Config, LlavaConfig
-
-    gpt2 = GPT2Config(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1, summary_first_dropout=0.1)
-    assert sorted(zero_dropout(gpt2)) == ["attn_pdrop", "embd_pdrop", "resid_pdrop", "summary_first_dropout"]
-    assert gpt2.resid_pdrop == gpt2.embd_pdrop == gpt2.attn_pdrop == 0.0
-    llava = LlavaConfig(text_config={"model_type": "llama", "attention_dropout": 0.2})
-    assert "text_config.attention_dropout" in zero_dropout(llava)
-    assert llava.text_config.attention_dropout == 0.0
-
-
-def test_training_models_are_built_without_dropout(tiny_model, dataset, tmp_path):
-    """A model with dropout: kept, two training-mode passes differ; dropped (the default), they agree."""
-    source, _ = load_base_model(tiny_model, with_score_head=False)
-    source.config.attention_dropout = 0.5
-    source.save_pretrained(tmp_path)
-    from transformers import AutoTokenizer
-
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path)
-    batch = PairCollator(pad_token_id=0)([dataset[i] for i in range(2)])
-    for keep_dropout, same in ((True, False), (False, True)):
-        model, _ = load_base_model(str(tmp_path), with_score_head=True, keep_dropout=keep_dropout)
-        model.train()
-        first, second = (forward_rows(model, batch, need_rewards=True, need_logps=True) for _ in range(2))
-        assert torch.equal(first[0], second[0]) == same and torch.equal(first[1], second[1]) == same
-        assert (model.config.attention_dropout == 0.0) == same
 
 
 @pytest.mark.parametrize("softcap", [None, 3.0])

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from hafrm import reference
+from hafrm.checkpoint import load_base_model
 from hafrm.config import TrainConfig
 from hafrm.data import PairCollator, read_pairs, tokenize_pairs
 from hafrm.finetune import prepare_finetuning
-from hafrm.model import hybrid_forward, load_base_model
-from hafrm.trainer import Objective
+from hafrm.model import hybrid_forward
+from hafrm.objective import Objective
 
 
 @pytest.fixture()

@@ -109,6 +109,7 @@ def test_freeze_trains_only_top_blocks_norm_and_score(tiny_model, pairs_file, tm
         "0",
     )
     before, after = _weights(tiny_model), _weights(out)
+    _check_added_pad_row(before, after)
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert all(name.startswith(("model.layers.1.", "model.norm.")) for name in changed), changed
     assert any(name.startswith("model.layers.1.") for name in changed)
@@ -131,8 +132,22 @@ def test_freeze_trains_an_untied_lm_head(tiny_untied_model, pairs_file, tmp_path
         "0",
     )
     before, after = _weights(tiny_untied_model), _weights(out)
+    _check_added_pad_row(before, after)
     assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])
     assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+
+
+def _check_added_pad_row(before: dict, after: dict) -> None:
+    """hafrm gave SmolLM2's tokenizer a `<|pad|>` token: one embedding row more, the mean of the others.
+
+    Compare the rest as it was (the added row is what the base model never had)."""
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name in before:
+            rows = before[name].shape[0]
+            assert after[name].shape[0] == rows + 1
+            if name == "model.embed_tokens.weight":  # frozen here: still the mean it was made with
+                torch.testing.assert_close(after[name][rows], before[name].mean(dim=0))
+            after[name] = after[name][:rows]
 
 
 def test_best_checkpoint_is_kept_and_resume_continues(tiny_model, pairs_file, tmp_path):

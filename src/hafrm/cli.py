@@ -85,18 +85,18 @@ def run(command: str, cfg) -> object:
 
         return score(cfg)
     if command == "data":
+        from .checkpoint import load_tokenizer
         from .data.stats import data_stats, print_table, write_json
-        from .model import load_tokenizer
 
         results = data_stats(cfg.data, load_tokenizer(cfg.model), cfg.max_length, cfg.format)
         print_table(results, cfg.max_length)
         if cfg.json:
             write_json(results, cfg.json)
         return results
-    from .model import export_merged
+    from .checkpoint import export
 
-    path = export_merged(cfg.model, cfg.output_dir)
-    print(f"merged {cfg.model} into {path}")
+    path = export(cfg.model, cfg.output_dir)
+    print(f"exported {cfg.model} to {path}")
     return path
 
 

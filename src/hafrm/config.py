@@ -142,6 +142,13 @@ class ScoreConfig:
     response: list[str] = field(
         default_factory=list, metadata={"help": "a response to score (repeatable)", "action": "extend"}
     )
+    text: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "a full prompt + response text as a rollout sends it (chat template already applied; repeatable)",
+            "action": "extend",
+        },
+    )
     max_length: int | None = _help("max tokens of prompt + response (default: the run's own)", default=None)
 
 
@@ -193,7 +200,3 @@ def _peek_config(argv: list[str]) -> str | None:
         if arg.startswith("--config="):
             return arg.split("=", 1)[1]
     return None
-
-
-def as_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)

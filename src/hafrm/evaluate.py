@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import load_base_model, load_trained, read_hafrm_config, run_tokenizer
 from .config import EvalConfig, ScoreConfig, TrainConfig
 from .data import PairCollator, load_data, tokenize_pairs
 from .data.stats import longer_is_better_accuracy
-from .data.tokenize import encode_response
-from .losses import needs_reference
+from .data.templates import encode_response, encode_text
+from .losses import PolicyLogps, implicit_rewards, needs_reference
 from .metrics import comparison, fit_combination, grouped, perplexity
-from .model import load_base_model, load_tokenizer, load_trained, read_hafrm_config, score_sequences
+from .model import score_sequences
 from .reference import add_reference_logps
 
 
@@ -65,7 +66,7 @@ def _reference_logps(run: dict, datasets: dict, collator, batch_size: int) -> di
 
 def score_sets(cfg: EvalConfig, run: dict, pair_sets: dict, max_length: int, implicit: bool, need_logps: bool):
     """Tokenise and score every set with one load of each model -> ({name: dataset}, {name: truncation}, {name: scores})."""
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = run_tokenizer(cfg.model)
     tokenised = {name: tokenize_pairs(pairs, tokenizer, max_length) for name, pairs in pair_sets.items()}
     datasets = {name: dataset for name, (dataset, _) in tokenised.items()}
     collator = PairCollator(tokenizer.pad_token_id, tokenizer.padding_side)
@@ -205,16 +206,14 @@ def write_eval_plots(directory: Path, report: dict, heads: dict, scores: dict) -
 
 
 def _implicit_rewards(scores: dict, dataset, run: dict):
-    beta = run["beta"]
+    """The run's implicit reward of every test response, by the same function training logs it with."""
+    ref = {}
     if "ref_chosen_logps" in dataset.column_names:
-        ref_chosen = torch.tensor(dataset["ref_chosen_logps"])
-        ref_rejected = torch.tensor(dataset["ref_rejected_logps"])
-        return beta * (scores["chosen_logps"] - ref_chosen), beta * (scores["rejected_logps"] - ref_rejected)
-    # Reference-free policy losses (simpo, sft): β · mean log π, as in SimPO.
-    return (
-        beta * scores["chosen_logps"] / scores["chosen_lengths"],
-        beta * scores["rejected_logps"] / scores["rejected_lengths"],
+        ref = {side: torch.tensor(dataset[side]) for side in ("ref_chosen_logps", "ref_rejected_logps")}
+    logps = PolicyLogps(
+        scores["chosen_logps"], scores["rejected_logps"], scores["chosen_lengths"], scores["rejected_lengths"], **ref
     )
+    return implicit_rewards(run["policy_loss"], logps, run["beta"], run.get("simpo_gamma", 0.5))
 
 
 HEAD_LABELS = {"reward_head": "reward head", "implicit_reward": "implicit reward", "combined": "combined r+λ·i"}
@@ -253,18 +252,24 @@ def print_report(report: dict) -> None:
                 print(f"    {label:<28} {group['pairs']:>6} pairs  {figures}")
 
 
+def text_ids(tokenizer, item, index: int) -> list[int]:
+    """Token ids of one item to score: a (prompt, response) pair, rendered, or a full text, made canonical."""
+    if isinstance(item, str):
+        return encode_text(tokenizer, item)
+    prompt_ids, response_ids = encode_response(tokenizer, item[0], item[1], f"item {index}")
+    return prompt_ids + response_ids
+
+
 @torch.no_grad()
-def response_rewards(model, tokenizer, items: list[tuple], max_length: int, batch_size: int = 16) -> list[float]:
-    """Reward-head score of each (prompt, response), batched longest-first; long prompts lose their start."""
+def response_rewards(model, tokenizer, items: list, max_length: int, batch_size: int = 16) -> list[float]:
+    """Reward-head score of each (prompt, response) or full text, batched longest-first; long texts lose their start."""
     sequences, truncated = [], 0
-    for i, (prompt, response) in enumerate(items):
-        prompt_ids, response_ids = encode_response(tokenizer, prompt, response, f"item {i}")
-        truncated += len(prompt_ids) + len(response_ids) > max_length
-        sequences.append((prompt_ids + response_ids)[-max_length:])
+    for i, item in enumerate(items):
+        ids = text_ids(tokenizer, item, i)
+        truncated += len(ids) > max_length
+        sequences.append(ids[-max_length:])
     if truncated:
-        print(
-            f"note: {truncated} of {len(items)} responses exceed {max_length} tokens with their prompt; the prompt loses its start"
-        )
+        print(f"note: {truncated} of {len(items)} texts exceed {max_length} tokens; they lose their start")
     scores = score_sequences(
         model, sequences, [0] * len(sequences), batch_size, tokenizer.pad_token_id, tokenizer.padding_side
     )
@@ -281,14 +286,15 @@ def _reward_model(model_dir: str):
 
 
 def score(cfg: ScoreConfig) -> list[float]:
-    """Reward of each response to the prompt (the reward head; a dpo run has none and is refused)."""
-    if not cfg.response:
-        raise ValueError("give at least one --response to score")
+    """Reward of each response to the prompt, and of each full text (the reward head; a dpo run has none and is refused)."""
+    if not cfg.response and not cfg.text:
+        raise ValueError("give at least one --response (with --prompt) or --text to score")
     model, tokenizer, run = _reward_model(cfg.model)
     max_length = cfg.max_length or run["max_length"]
-    rewards = response_rewards(model, tokenizer, [(cfg.prompt, response) for response in cfg.response], max_length)
-    for i, (response, reward) in enumerate(zip(cfg.response, rewards)):
-        print(f"{reward:+.4f}\t{i}\t{response[:80]!r}")
+    items = [(cfg.prompt, response) for response in cfg.response] + list(cfg.text)
+    rewards = response_rewards(model, tokenizer, items, max_length)
+    for i, (shown, reward) in enumerate(zip(cfg.response + cfg.text, rewards)):
+        print(f"{reward:+.4f}\t{i}\t{shown[:80]!r}")
     return rewards
 
 

@@ -134,6 +134,19 @@ def needs_reference(name: str) -> bool:
     return POLICY_LOSSES[name][1]
 
 
+def implicit_rewards(name: str, logps: PolicyLogps, beta: float = 0.1, gamma: float = 0.5) -> tuple[Tensor, Tensor]:
+    """The implicit reward of each response under policy loss `name`, [B] chosen and [B] rejected.
+
+    The scores the loss itself compares: β·(log π - log π_ref) for the losses with a reference
+    (dpo, ipo, hinge); β·mean log π for simpo; mean log π for sft. Training logs, validation and
+    `hafrm eval` all read it from here.
+    """
+    if name not in POLICY_LOSSES:
+        raise ValueError(f"unknown policy loss {name!r}; choose from {sorted(POLICY_LOSSES)}")
+    _, chosen_scores, rejected_scores = POLICY_LOSSES[name][0](logps, beta, gamma)
+    return chosen_scores, rejected_scores
+
+
 def policy_loss(name: str, logps: PolicyLogps, beta: float = 0.1, gamma: float = 0.5) -> tuple[Tensor, Metrics]:
     """Mean policy loss `name` over the batch, with the implicit-reward metrics TRL users know."""
     if name not in POLICY_LOSSES:

@@ -1,6 +1,7 @@
 """The hybrid model: one causal-LM trunk φ read by a scalar reward head F and the LM's policy head K.
 
-    from hafrm.model import load_base_model, hybrid_forward
+    from hafrm.checkpoint import load_base_model
+    from hafrm.model import hybrid_forward
     model, tokenizer = load_base_model("smollm2-135m-instruct", with_score_head=True)
     out = hybrid_forward(model, batch, need_rewards=True, need_logps=True)
     out.chosen_rewards, out.chosen_logps            # [B] each
@@ -17,20 +18,15 @@ forward pass, and both heads read its last hidden states.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .default_model import resolve_model_path
-
 Tensor = torch.Tensor
 SCORE_HEAD = "score"
-HAFRM_CONFIG = "hafrm.json"
 # lm_head logits are built for at most this many response tokens at a time.
 LOGIT_CHUNK = 1024
 # A trainable lm_head keeps its [tokens, vocab] fp32 logits for backward while a batch's response
@@ -65,10 +61,6 @@ def trunk_of(causal_lm: nn.Module) -> nn.Module:
     return getattr(causal_lm, causal_lm.base_model_prefix)
 
 
-def has_score_head(model: nn.Module) -> bool:
-    return hasattr(unwrap(model), SCORE_HEAD)
-
-
 def attach_score_head(causal_lm: nn.Module, pad_token_id: int, seed: int = 0) -> nn.Linear:
     """Add the reward head F and make the config load as a 1-label sequence classifier.
 
@@ -81,16 +73,30 @@ def attach_score_head(causal_lm: nn.Module, pad_token_id: int, seed: int = 0) ->
     nn.init.normal_(head.weight, std=1 / math.sqrt(hidden + 1), generator=torch.Generator().manual_seed(seed))
     param = next(causal_lm.parameters())
     causal_lm.score = head.to(device=param.device, dtype=param.dtype)
-    causal_lm.config.num_labels = 1
-    causal_lm.config.pad_token_id = pad_token_id
+    set_reward_config(causal_lm.config, pad_token_id)
     return causal_lm.score
 
 
-def last_token_index(attention_mask: Tensor) -> Tensor:
-    """Index of the last real token per row, from the mask alone: right or left padding, pad == eos."""
-    # attention_mask: [N, T] -> [N]
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (positions * attention_mask).argmax(dim=1)
+def set_reward_config(config, pad_token_id: int) -> None:
+    """The config.json fields reward-model loaders read: transformers' sequence classifier (num_labels,
+    pad_token_id), the text-classification pipeline (problem_type regression: raw rewards, no sigmoid),
+    OpenRLHF (value_head_prefix)."""
+    config.num_labels = 1
+    config.problem_type = "regression"
+    config.value_head_prefix = SCORE_HEAD
+    config.pad_token_id = pad_token_id
+
+
+def reward_index(input_ids: Tensor, pad_token_id: int) -> Tensor:
+    """Where the reward is read in each row: the last token that is not the pad token.
+
+    The one pooling rule, the same as transformers' sequence classifiers (so TRL, RewardBench, the
+    pipeline and vLLM read where hafrm does), right or left padding. It is the last real token
+    because the pad token is one that no text holds (`hafrm.data.templates.ensure_pad_token`).
+    """
+    # input_ids: [N, T] -> [N]
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    return (positions * (input_ids != pad_token_id)).argmax(dim=1)
 
 
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
@@ -190,10 +196,10 @@ def _heads(causal_lm: nn.Module, hidden: Tensor, batch: dict, need_rewards: bool
     rewards = logps = lengths = None
     packed = "sequence_ids" in batch
     if need_rewards:
-        if packed:
+        if packed:  # each sequence's last token: where `reward_index` reads, as no sequence ends on the pad
             last_states = hidden.reshape(-1, hidden.shape[-1])[batch["sequence_ends"]]  # [N, H]
         else:
-            last = last_token_index(batch["attention_mask"])
+            last = reward_index(batch["input_ids"], causal_lm.config.pad_token_id)
             last_states = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [N, H]
         score = getattr(causal_lm, SCORE_HEAD)
         # a fresh tensor, not a view: wrappers (FSDP2) hook the model's outputs and in-place ops drop hooks on views
@@ -276,8 +282,9 @@ def packing_error(model: nn.Module, chosen: list[int], rejected: list[int], prom
     was_training = model.training
     model.eval()
     sequences, prompts = [chosen, rejected], [prompt_length, prompt_length]
-    padded = forward_rows(model, pad_rows(sequences, prompts, 0, "right"), **heads)
-    packed = forward_rows(model, pack_rows(sequences, prompts, 0, width=len(chosen) + len(rejected)), **heads)
+    pad = unwrap(model).config.pad_token_id
+    padded = forward_rows(model, pad_rows(sequences, prompts, pad, "right"), **heads)
+    packed = forward_rows(model, pack_rows(sequences, prompts, pad, width=len(chosen) + len(rejected)), **heads)
     model.train(was_training)
     errors = [((a - b).abs() / (1 + b.abs())).max().item() for a, b in zip(packed[:2], padded[:2]) if a is not None]
     return max(errors)
@@ -320,133 +327,3 @@ def score_sequences(
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
     return {name: torch.cat(parts)[inverse] for name, parts in collected.items()}
-
-
-def load_tokenizer(name_or_path: str):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token  # rewards are pooled from the mask, so this is safe
-    return tokenizer
-
-
-def zero_dropout(config) -> list[str]:
-    """Set every dropout rate in a transformers config (and its sub-configs) to 0 -> the names changed.
-
-    Rates are the float fields named `*dropout*` or `*_pdrop` (Llama's attention_dropout, GPT-2's
-    resid_pdrop, OPT's activation_dropout, ...). Zeroing them before the model is built reaches both
-    `nn.Dropout` modules and the functional dropout attention layers apply from a stored rate.
-    """
-    changed = []
-    for key, value in list(vars(config).items()):
-        if hasattr(value, "to_dict") and hasattr(value, "model_type"):  # a sub-config (text_config, ...)
-            changed += [f"{key}.{name}" for name in zero_dropout(value)]
-        elif isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")) and value != 0.0:
-            setattr(config, key, 0.0)
-            changed.append(key)
-    return changed
-
-
-def load_base_model(
-    name_or_path: str,
-    with_score_head: bool,
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-    keep_dropout: bool = True,
-):
-    """A hub id, a local checkpoint or the default model's alias -> (causal LM [+ score], tokenizer).
-
-    keep_dropout=False builds the model with every dropout rate at 0 (what training uses by default).
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    tokenizer = load_tokenizer(name_or_path)
-    path = resolve_model_path(name_or_path)
-    config = AutoConfig.from_pretrained(path)
-    if not keep_dropout:
-        zero_dropout(config)
-    model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
-    if not keep_dropout:
-        for module in model.modules():  # any dropout a model builds with a fixed rate
-            if isinstance(module, nn.Dropout):
-                module.p = 0.0
-    model.config.pad_token_id = tokenizer.pad_token_id
-    if with_score_head:
-        attach_score_head(model, tokenizer.pad_token_id, seed)
-    return model, tokenizer
-
-
-def read_hafrm_config(directory: str | Path) -> dict:
-    path = Path(directory) / HAFRM_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a hafrm output directory: {HAFRM_CONFIG} is missing")
-    return json.loads(path.read_text())
-
-
-def write_hafrm_config(directory: str | Path, config: dict) -> None:
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    (Path(directory) / HAFRM_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def _load_score_weight(directory: Path) -> Tensor:
-    from safetensors import safe_open
-
-    files = [directory / "model.safetensors"]
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        files = [directory / json.loads(index.read_text())["weight_map"][f"{SCORE_HEAD}.weight"]]
-    with safe_open(str(files[0]), framework="pt") as handle:
-        return handle.get_tensor(f"{SCORE_HEAD}.weight")
-
-
-def _quietly(load, *args, **kwargs):
-    """Run a transformers loader without its report of `score.weight` as an unexpected key: hafrm
-    loads that tensor itself, right after."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        return load(*args, **kwargs)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-
-
-def load_trained(directory: str | Path, dtype: torch.dtype = torch.float32):
-    """Load a hafrm output directory (full weights or a LoRA adapter) -> (model, tokenizer, hafrm config)."""
-    from transformers import AutoModelForCausalLM
-
-    directory = Path(directory)
-    config = read_hafrm_config(directory)
-    tokenizer = load_tokenizer(str(directory))
-    with_score = config["reward_head"]
-    if (directory / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        model, _ = load_base_model(config["base_model"], with_score_head=with_score, dtype=dtype)
-        model = PeftModel.from_pretrained(model, str(directory))
-    else:
-        model = _quietly(AutoModelForCausalLM.from_pretrained, str(directory), dtype=dtype)
-        if with_score:
-            attach_score_head(model, tokenizer.pad_token_id)
-            with torch.no_grad():
-                model.score.weight.copy_(_load_score_weight(directory))
-    if torch.cuda.is_available():  # scoring runs where the model is; batches follow it
-        model.to("cuda")
-    model.eval()
-    return model, tokenizer, config
-
-
-def export_merged(adapter_dir: str | Path, output_dir: str | Path) -> Path:
-    """Merge a LoRA run into a full directory that both Auto classes load."""
-    model, tokenizer, config = load_trained(adapter_dir)
-    if not hasattr(model, "merge_and_unload"):
-        raise ValueError(f"{adapter_dir} holds full weights, not a LoRA adapter: there is nothing to merge")
-    merged = model.merge_and_unload()
-    if "reward_mean" in config:  # the normalisation OpenRLHF reads from config.json
-        merged.config.mean, merged.config.std = config["reward_mean"], config["reward_std"]
-    merged.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    write_hafrm_config(output_dir, {**config, "finetune": "lora-merged", "merged_from": str(adapter_dir)})
-    return Path(output_dir)

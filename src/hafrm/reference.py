@@ -10,7 +10,7 @@ Modes:
             same model, data and tokenisation reuses it.
   adapters  LoRA only: computed on the fly each step with the adapters disabled (no disk, costs one
             extra no-grad forward pass per step).
-  none      for losses that need no reference (rm, simpo, sft); nothing is computed.
+Losses that need no reference (rm, simpo, sft) compute nothing here, in either mode.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from .default_model import cache_root
 from .model import SCORE_HEAD, hybrid_forward
 
 logger = logging.getLogger(__name__)
-REFERENCE_MODES = ("cache", "adapters", "none")
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

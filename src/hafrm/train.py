@@ -18,13 +18,15 @@ from accelerate import PartialState
 from transformers import TrainingArguments, set_seed
 
 from . import __version__
+from .checkpoint import HAFRM_CONFIG, load_base_model, update_config_json
 from .config import TrainConfig
 from .data import BUILTIN, PairCollator, load_data, split_validation, tokenize_pairs
 from .data.load import has_split, parse_spec
 from .finetune import prepare_finetuning
-from .model import HAFRM_CONFIG, load_base_model, packing_error
+from .model import packing_error
+from .objective import Objective
 from .reference import add_reference_logps
-from .trainer import HybridTrainer, Objective
+from .trainer import HybridTrainer
 
 logger = logging.getLogger(__name__)
 # Packed and padded results of one pair may differ by float rounding (~1e-6 relative in fp32), no more.
@@ -233,13 +235,11 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> dict:
 
 def record_reward_moments(output_dir: str, mean: float, std: float) -> None:
     """Write the validation reward mean/std where OpenRLHF (config.json `mean`, `std`) and hafrm.json look."""
-    directory = Path(output_dir)
-    for name, keys in (("config.json", ("mean", "std")), (HAFRM_CONFIG, ("reward_mean", "reward_std"))):
-        path = directory / name
-        if path.is_file():  # a LoRA run has no config.json until `hafrm export`
-            values = json.loads(path.read_text())
-            values.update(dict(zip(keys, (mean, std))))
-            path.write_text(json.dumps(values, indent=2) + "\n")
+    update_config_json(output_dir, {"mean": mean, "std": std})
+    path = Path(output_dir) / HAFRM_CONFIG
+    values = json.loads(path.read_text())
+    values.update(reward_mean=mean, reward_std=std)
+    path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
 def print_summary(summary: dict, cfg: TrainConfig) -> None:

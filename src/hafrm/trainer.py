@@ -1,6 +1,6 @@
 """The Trainer subclass: one hybrid forward, the method's loss, TRL-style metrics. Little else.
 
-    objective = Objective(method="haf", alpha=0.2, beta=0.1, policy_loss="dpo")
+    objective = Objective(method="haf", alpha=0.2, beta=0.1, policy_loss="dpo")   # hafrm.objective
     trainer = HybridTrainer(model=model, args=args, objective=objective, run_config={...}, ...)
 
 Logged metrics (train, and with an `eval_` prefix on validation):
@@ -13,97 +13,13 @@ Logged metrics (train, and with an `eval_` prefix on validation):
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from transformers import Trainer
 
-from .losses import PolicyLogps, haf_loss, needs_reference, policy_loss, reward_loss
-from .model import hybrid_forward, write_hafrm_config
-from .reference import adapters_disabled
-
-# method -> (reward head runs, policy head runs)
-METHODS = {"rm": (True, False), "dpo": (False, True), "haf": (True, True)}
-
-
-@dataclass
-class Objective:
-    method: str = "haf"
-    alpha: float = 0.2
-    beta: float = 0.1
-    policy_loss: str = "dpo"
-    simpo_gamma: float = 0.5
-    center_rewards_coef: float = 0.0
-    reference: str = "cache"  # or "adapters": computed each step with LoRA disabled
-
-    @property
-    def uses_reward_head(self) -> bool:
-        return METHODS[self.method][0]
-
-    @property
-    def uses_policy_head(self) -> bool:
-        return METHODS[self.method][1]
-
-    @property
-    def needs_reference(self) -> bool:
-        return self.uses_policy_head and needs_reference(self.policy_loss)
-
-    def _reference_logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
-        if not self.needs_reference:
-            return None, None
-        if self.reference == "adapters":
-            with torch.no_grad(), adapters_disabled(model):
-                ref = hybrid_forward(model, batch, need_rewards=False, need_logps=True)
-            return ref.chosen_logps, ref.rejected_logps
-        if "ref_chosen_logps" not in batch:
-            raise ValueError("the policy loss needs reference log-probs, but the batch carries none")
-        return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-
-    def __call__(self, model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """-> (loss, metrics, per-pair scores {chosen, rejected, implicit_chosen, implicit_rejected})."""
-        ref_chosen, ref_rejected = self._reference_logps(model, batch)
-        out = hybrid_forward(model, batch, self.uses_reward_head, self.uses_policy_head)
-        metrics: dict[str, torch.Tensor] = {}
-        scores: dict[str, torch.Tensor] = {}
-        loss = None
-        if self.uses_reward_head:
-            loss, metrics = reward_loss(
-                out.chosen_rewards, out.rejected_rewards, batch.get("margin"), self.center_rewards_coef
-            )
-            metrics["reward_loss"] = loss
-            scores = {"chosen": out.chosen_rewards, "rejected": out.rejected_rewards}
-        if self.uses_policy_head:
-            logps = PolicyLogps(
-                out.chosen_logps, out.rejected_logps, out.chosen_lengths, out.rejected_lengths, ref_chosen, ref_rejected
-            )
-            p_loss, p_metrics = policy_loss(self.policy_loss, logps, self.beta, self.simpo_gamma)
-            metrics.update(p_metrics, policy_loss=p_loss)
-            implicit = self.implicit_rewards(logps)
-            scores.update(implicit_chosen=implicit[0], implicit_rejected=implicit[1])
-            loss = p_loss if loss is None else haf_loss(loss, p_loss, self.alpha)
-        if not self.uses_reward_head:  # dpo: the method's reward is the implicit one
-            scores.update(chosen=scores["implicit_chosen"], rejected=scores["implicit_rejected"])
-            metrics.update(
-                accuracy=metrics["implicit_accuracy"],
-                margin=metrics["implicit_margin"],
-                **{
-                    "rewards/chosen": metrics["implicit_rewards/chosen"],
-                    "rewards/rejected": metrics["implicit_rewards/rejected"],
-                },
-            )
-        metrics["loss"] = loss
-        return loss, metrics, scores
-
-    def implicit_rewards(self, logps: PolicyLogps) -> tuple[torch.Tensor, torch.Tensor]:
-        """β·log π/π_ref per response when a reference exists, else β·mean log π (SimPO's reward)."""
-        if logps.ref_chosen_logps is not None:
-            chosen_ratio, rejected_ratio = logps.log_ratios()
-            return self.beta * chosen_ratio, self.beta * rejected_ratio
-        return (
-            self.beta * logps.chosen_logps / logps.chosen_lengths,
-            self.beta * logps.rejected_logps / logps.rejected_lengths,
-        )
+from .checkpoint import update_config_json, write_hafrm_config
+from .objective import Objective
 
 
 def pairwise_metrics(eval_prediction) -> dict[str, float]:
@@ -173,3 +89,5 @@ class HybridTrainer(Trainer):
         super()._save(output_dir, state_dict)
         if self.args.should_save:
             write_hafrm_config(output_dir or self.args.output_dir, self.run_config)
+            if self.run_config.get("reward_head"):
+                update_config_json(output_dir or self.args.output_dir)

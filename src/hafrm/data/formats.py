@@ -1,7 +1,8 @@
 """Read preference data in TRL's formats into `PreferencePair`s, naming the row of every problem.
 
-    from hafrm.data.formats import read_pairs
-    pairs = read_pairs("pairs.jsonl")            # or .json, .jsonl.gz, .parquet, or a hub id[:split]
+    from hafrm.data.formats import read_rows
+    rows = read_rows("pairs.jsonl")              # or .json, .jsonl.gz, .parquet, or a hub id[:split]
+    # hafrm.data.read_pairs turns rows into PreferencePairs through the converter of their format
 
 Accepted rows (TRL's preference formats; an optional numeric `margin` column is kept):
     standard, explicit prompt      {"prompt": str, "chosen": str, "rejected": str}

@@ -17,7 +17,7 @@ from pathlib import Path
 from .formats import PreferencePair, Text
 from .instructions import count_words
 from .load import load_data
-from .tokenize import encode_response
+from .templates import encode_response
 
 
 @dataclass

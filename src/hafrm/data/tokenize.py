@@ -4,12 +4,11 @@
     dataset, report = tokenize_pairs(pairs, tokenizer, max_length=512)
     print(report.summary())
 
-Each sequence is prompt + response. With a chat template the prompt is rendered with the generation
-prompt and the response is whatever the template adds after it for the assistant turn (its
-end-of-turn tokens included); a string prompt becomes one user turn. Without a template, text is
-used as it is and EOS is appended to the response unless EOS is also the pad token (then the
-sequence-classification head of transformers, which pools at the last non-pad token, would score
-the token before it and disagree with hafrm).
+Each sequence is the full text of prompt + response tokenised once, exactly as TRL and RewardBench
+tokenise it (`hafrm.data.templates`: the chat template rendered to text, then `add_special_tokens=False`;
+plain text with the tokenizer's defaults). The prompt part is the prefix that chosen and rejected
+share with the prompt rendered alone (with the generation prompt); the response part is the rest,
+the template's end-of-turn tokens included. A string prompt becomes one user turn.
 
 Truncation never drops a pair. When prompt + response exceeds `max_length`, the prompt loses tokens
 from its start (down to half the budget), then the response loses tokens from its end. Both are
@@ -20,7 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .formats import DataError, PreferencePair, Text
+from .formats import DataError, PreferencePair
+from .templates import common_prefix_length, encode_response
 
 
 @dataclass
@@ -39,35 +39,6 @@ class TruncationReport:
         )
 
 
-def _as_messages(text: Text, role: str) -> list[dict]:
-    return [{"role": role, "content": text}] if isinstance(text, str) else list(text)
-
-
-def render(tokenizer, prompt: Text, response: Text, where: str) -> tuple[str, str, bool]:
-    """(prompt text, response text, templated) for one side of a pair."""
-    if tokenizer.chat_template:
-        prompt_messages = _as_messages(prompt, "user")
-        prompt_text = tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
-        full_text = tokenizer.apply_chat_template(prompt_messages + _as_messages(response, "assistant"), tokenize=False)
-        if not full_text.startswith(prompt_text):
-            raise DataError(f"{where}: the chat template renders the prompt differently alone and with its response")
-        return prompt_text, full_text[len(prompt_text) :], True
-    if not isinstance(prompt, str) or not isinstance(response, str):
-        raise DataError(f"{where}: conversational data needs a tokenizer with a chat template")
-    eos = tokenizer.eos_token if tokenizer.eos_token and tokenizer.eos_token_id != tokenizer.pad_token_id else ""
-    return prompt, response + eos, False
-
-
-def encode_response(tokenizer, prompt: Text, response: Text, where: str) -> tuple[list[int], list[int]]:
-    prompt_text, response_text, templated = render(tokenizer, prompt, response, where)
-    # A rendered template already carries its own special tokens (BOS included, where it has one).
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=not templated)["input_ids"]
-    response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
-    if not response_ids:
-        raise DataError(f"{where}: the response has no tokens")
-    return prompt_ids, response_ids
-
-
 def _fit(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], max_length: int):
     """Cut the shared prompt from its start (to no less than half the budget), then responses from the end."""
     longest_response = max(len(chosen_ids), len(rejected_ids))
@@ -80,10 +51,12 @@ def _fit(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], 
 
 def tokenize_pair(tokenizer, pair: PreferencePair, max_length: int) -> tuple[dict, tuple[bool, bool, int]]:
     where = f"{pair.source}: row {pair.index}"
-    prompt_ids, chosen_ids = encode_response(tokenizer, pair.prompt, pair.chosen, where + " (chosen)")
-    rejected_prompt_ids, rejected_ids = encode_response(tokenizer, pair.prompt, pair.rejected, where + " (rejected)")
-    if rejected_prompt_ids != prompt_ids:
-        raise DataError(f"{where}: the prompt tokenises differently for chosen and rejected")
+    chosen_prompt, chosen_ids = encode_response(tokenizer, pair.prompt, pair.chosen, where + " (chosen)")
+    rejected_prompt, rejected_ids = encode_response(tokenizer, pair.prompt, pair.rejected, where + " (rejected)")
+    # Each side's ids are its full text tokenised once; the shared prompt is the prefix both start with.
+    shared = common_prefix_length(chosen_prompt, rejected_prompt)
+    prompt_ids = chosen_prompt[:shared]
+    chosen_ids, rejected_ids = chosen_prompt[shared:] + chosen_ids, rejected_prompt[shared:] + rejected_ids
     longest = len(prompt_ids) + max(len(chosen_ids), len(rejected_ids))
     fitted_prompt, fitted_chosen, fitted_rejected = _fit(prompt_ids, chosen_ids, rejected_ids, max_length)
     flags = (

@@ -1,0 +1,226 @@
+"""Load, save and export: the one directory every loader reads as the same reward model.
+
+    from hafrm.checkpoint import load_base_model, load_trained, export
+    model, tokenizer = load_base_model("smollm2-135m-instruct", with_score_head=True)
+    model, tokenizer, run = load_trained("runs/haf")          # full weights or a LoRA adapter
+    export("runs/haf", "runs/haf-merged")                       # LoRA merged; old pad == eos runs converted
+
+Every model hafrm builds gets its pad token from `hafrm.data.templates.ensure_pad_token` (a token no
+rendered conversation holds, never EOS); when that token had to be added, the embeddings grow by one
+row, set to the mean of the others (deterministic, so the reference pass and evaluation rebuild the
+same model). A directory written before that rule (pad == EOS or end-of-turn) is refused with the
+command that converts it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data.templates import ensure_pad_token, pad_problem
+from .default_model import resolve_model_path
+from .model import SCORE_HEAD, attach_score_head, set_reward_config
+
+HAFRM_CONFIG = "hafrm.json"
+ADAPTER_README = "LOADING.md"
+
+
+def load_tokenizer(name_or_path: str):
+    """A base model's tokenizer with its pad token chosen by the one-reward rule."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+def fit_embeddings(model: nn.Module, tokenizer) -> None:
+    """Grow the embeddings when the tokenizer's pad token is beyond them (a token that was added)."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id >= rows:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            tables = {
+                id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m
+            }
+            for weight in tables.values():
+                weight[rows:] = weight[:rows].mean(dim=0)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    # the embedding's own padding_idx (its row gets no gradient) still names the model's old pad, often EOS
+    embeddings = model.get_input_embeddings()
+    if getattr(embeddings, "padding_idx", None) is not None:
+        embeddings.padding_idx = tokenizer.pad_token_id
+
+
+def zero_dropout(config) -> list[str]:
+    """Set every dropout rate in a transformers config (and its sub-configs) to 0 -> the names changed.
+
+    Rates are the float fields named `*dropout*` or `*_pdrop` (Llama's attention_dropout, GPT-2's
+    resid_pdrop, OPT's activation_dropout, ...). Zeroing them before the model is built reaches both
+    `nn.Dropout` modules and the functional dropout attention layers apply from a stored rate.
+    """
+    changed = []
+    for key, value in list(vars(config).items()):
+        if hasattr(value, "to_dict") and hasattr(value, "model_type"):  # a sub-config (text_config, ...)
+            changed += [f"{key}.{name}" for name in zero_dropout(value)]
+        elif isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")) and value != 0.0:
+            setattr(config, key, 0.0)
+            changed.append(key)
+    return changed
+
+
+def load_base_model(
+    name_or_path: str,
+    with_score_head: bool,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    keep_dropout: bool = True,
+):
+    """A hub id, a local checkpoint or the default model's alias -> (causal LM [+ score], tokenizer).
+
+    keep_dropout=False builds the model with every dropout rate at 0 (what training uses by default).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(name_or_path)
+    path = resolve_model_path(name_or_path)
+    config = AutoConfig.from_pretrained(path)
+    if not keep_dropout:
+        zero_dropout(config)
+    model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
+    if not keep_dropout:
+        for module in model.modules():  # any dropout a model builds with a fixed rate
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+    fit_embeddings(model, tokenizer)
+    if with_score_head:
+        attach_score_head(model, tokenizer.pad_token_id, seed)
+    return model, tokenizer
+
+
+def read_hafrm_config(directory: str | Path) -> dict:
+    path = Path(directory) / HAFRM_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a hafrm output directory: {HAFRM_CONFIG} is missing")
+    return json.loads(path.read_text())
+
+
+def write_hafrm_config(directory: str | Path, config: dict) -> None:
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    (Path(directory) / HAFRM_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def update_config_json(directory: str | Path, values: dict | None = None) -> None:
+    """Write `num_labels: 1` (transformers saves only id2label) and `values` into a saved reward model's config.json."""
+    path = Path(directory) / "config.json"
+    if path.is_file():  # a LoRA run has none until `hafrm export`
+        config = json.loads(path.read_text())
+        config.update({"num_labels": 1, **(values or {})})
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _load_score_weight(directory: Path) -> torch.Tensor:
+    from safetensors import safe_open
+
+    files = [directory / "model.safetensors"]
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        files = [directory / json.loads(index.read_text())["weight_map"][f"{SCORE_HEAD}.weight"]]
+    with safe_open(str(files[0]), framework="pt") as handle:
+        return handle.get_tensor(f"{SCORE_HEAD}.weight")
+
+
+def _quietly(load, *args, **kwargs):
+    """Run a transformers loader without its report of `score.weight` as an unexpected key: hafrm
+    loads that tensor itself, right after."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return load(*args, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def run_tokenizer(directory: str | Path, allow_old_pad: bool = False):
+    """The tokenizer saved in a hafrm output directory; refuses one whose pad breaks the one-reward rule."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    problem = pad_problem(tokenizer)
+    if problem and not allow_old_pad:
+        raise ValueError(
+            f"{directory}: {problem}, so transformers, TRL and OpenRLHF would read its reward at another token than "
+            f"hafrm trained it on (a directory written before hafrm 0.2). Convert it once with "
+            f"`hafrm export --model {directory} --output-dir NEW_DIR` and use NEW_DIR."
+        )
+    return tokenizer
+
+
+def _load(directory: Path, dtype: torch.dtype, allow_old_pad: bool):
+    from transformers import AutoModelForCausalLM
+
+    config = read_hafrm_config(directory)
+    tokenizer = run_tokenizer(directory, allow_old_pad)
+    with_score = config["reward_head"]
+    if (directory / "adapter_config.json").is_file():
+        from peft import PeftConfig, PeftModel
+
+        model, _ = load_base_model(config["base_model"], with_score_head=with_score, dtype=dtype)
+        if pad_problem(tokenizer):  # an old run: keep its own tokenizer, give it the new pad
+            ensure_pad_token(tokenizer)
+            fit_embeddings(model, tokenizer)
+        adapter_config = PeftConfig.from_pretrained(str(directory))
+        adapter_config.task_type = "CAUSAL_LM"  # hafrm runs the causal LM with its score head, whatever the file says
+        model = PeftModel.from_pretrained(model, str(directory), config=adapter_config)
+    else:
+        model = _quietly(AutoModelForCausalLM.from_pretrained, str(directory), dtype=dtype)
+        if with_score:
+            attach_score_head(model, tokenizer.pad_token_id)
+            with torch.no_grad():
+                model.score.weight.copy_(_load_score_weight(directory))
+    return model, tokenizer, config
+
+
+def load_trained(directory: str | Path, dtype: torch.dtype = torch.float32):
+    """Load a hafrm output directory (full weights or a LoRA adapter) -> (model, tokenizer, hafrm config)."""
+    model, tokenizer, config = _load(Path(directory), dtype, allow_old_pad=False)
+    if torch.cuda.is_available():  # scoring runs where the model is; batches follow it
+        model.to("cuda")
+    model.eval()
+    return model, tokenizer, config
+
+
+def export(run_dir: str | Path, output_dir: str | Path) -> Path:
+    """One full directory that every loader reads: a LoRA run merged, an old pad == EOS run given its new pad.
+
+    An old run read its reward at the last attended token; with a pad that no text holds, the
+    converted directory is read there too, by hafrm and by every transformers-based loader.
+    """
+    model, tokenizer, config = _load(Path(run_dir), torch.float32, allow_old_pad=True)
+    converted = pad_problem(tokenizer)
+    is_lora = hasattr(model, "merge_and_unload")
+    if not is_lora and not converted:
+        raise ValueError(f"{run_dir} holds full weights with a valid pad token: it loads as it is, nothing to export")
+    if is_lora:
+        model = model.merge_and_unload()
+    if converted:
+        old_pad = tokenizer.pad_token
+        ensure_pad_token(tokenizer)
+        fit_embeddings(model, tokenizer)
+        config = {**config, "pad_converted_from": old_pad}
+    if config.get("reward_head"):
+        set_reward_config(model.config, tokenizer.pad_token_id)
+        if "reward_mean" in config:  # the normalisation OpenRLHF reads from config.json
+            model.config.mean, model.config.std = config["reward_mean"], config["reward_std"]
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    if config.get("reward_head"):
+        update_config_json(output_dir)
+    finetune = "lora-merged" if is_lora else config.get("finetune")
+    write_hafrm_config(output_dir, {**config, "finetune": finetune, "exported_from": str(run_dir)})
+    return Path(output_dir)
