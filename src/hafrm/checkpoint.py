@@ -122,6 +122,22 @@ def update_config_json(directory: str | Path, values: dict | None = None) -> Non
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def write_adapter_note(directory: str | Path) -> None:
+    """Beside a LoRA adapter with a reward head: how to get the directory other loaders read."""
+    directory = Path(directory)
+    if (directory / "adapter_config.json").is_file():
+        (directory / ADAPTER_README).write_text(
+            "# A hafrm LoRA run\n\n"
+            "This directory holds LoRA adapters and the trained reward head `score` (peft `modules_to_save`).\n"
+            "hafrm reads it as it is (`hafrm score`, `hafrm eval`). For transformers, TRL, RewardBench, OpenRLHF\n"
+            "or vLLM, make the full reward-model directory once and load that:\n\n"
+            f"    hafrm export --model {directory} --output-dir {directory}-merged\n\n"
+            "transformers' peft integration also reads the trained head when the pad token is not one hafrm added:\n"
+            "AutoModelForSequenceClassification.from_pretrained(DIR, num_labels=1, pad_token_id=tokenizer.pad_token_id).\n"
+            "See docs/checkpoints.md, LoRA runs.\n"
+        )
+
+
 def _load_score_weight(directory: Path) -> torch.Tensor:
     from safetensors import safe_open
 

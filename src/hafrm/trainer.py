@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers import Trainer
 
-from .checkpoint import update_config_json, write_hafrm_config
+from .checkpoint import update_config_json, write_adapter_note, write_hafrm_config
 from .objective import Objective
 
 
@@ -91,3 +91,4 @@ class HybridTrainer(Trainer):
             write_hafrm_config(output_dir or self.args.output_dir, self.run_config)
             if self.run_config.get("reward_head"):
                 update_config_json(output_dir or self.args.output_dir)
+                write_adapter_note(output_dir or self.args.output_dir)
