@@ -85,3 +85,23 @@ def test_reference_losses_refuse_missing_reference():
 def test_unknown_policy_loss():
     with pytest.raises(ValueError, match="unknown policy loss"):
         policy_loss("kto", LOGPS)
+
+
+@pytest.mark.parametrize(
+    "name, chosen, rejected",
+    [
+        ("dpo", 0.1, -0.1),  # β·(log π - log π_ref): 0.1·(−10 + 11), 0.1·(−12 + 11)
+        ("ipo", 0.1, -0.1),
+        ("hinge", 0.1, -0.1),
+        ("simpo", -0.5, -0.3),  # β·mean log π: 0.1·(−10 / 2), 0.1·(−12 / 4)
+        ("sft", -5.0, -3.0),  # mean log π, no β: the score the SFT loss itself uses
+    ],
+)
+def test_one_implicit_reward_per_loss(name, chosen, rejected):
+    from hafrm.losses import implicit_rewards
+
+    chosen_reward, rejected_reward = implicit_rewards(name, LOGPS, beta=0.1)
+    assert (chosen_reward.item(), rejected_reward.item()) == pytest.approx((chosen, rejected))
+    # the training logs read the same numbers
+    _, metrics = policy_loss(name, LOGPS, beta=0.1)
+    assert metrics["implicit_rewards/chosen"].item() == pytest.approx(chosen)
