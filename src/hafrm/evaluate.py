@@ -22,7 +22,7 @@ import torch
 from .checkpoint import load_base_model, load_trained, read_hafrm_config, run_tokenizer
 from .config import EvalConfig, ScoreConfig, TrainConfig
 from .data import PairCollator, load_data, tokenize_pairs
-from .data.stats import longer_is_better_accuracy
+from .data.length_rule import longer_is_better_accuracy
 from .data.templates import encode_response, encode_text
 from .losses import PolicyLogps, implicit_rewards, needs_reference
 from .metrics import comparison, fit_combination, grouped, perplexity

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from .formats import to_pair
 from .instructions import INCOMPATIBLE, KINDS, LENGTH_KINDS, Constraint, check, count_words, parse_constraints
-from .stats import longer_is_better_accuracy
+from .length_rule import longer_is_better_accuracy
 
 __all__ = [
     "SOURCE",

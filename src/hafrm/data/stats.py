@@ -14,8 +14,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .formats import PreferencePair, Text
-from .instructions import count_words
+from .formats import PreferencePair
+from .length_rule import longer_is_better_accuracy, word_count
 from .load import load_data
 from .templates import encode_response
 
@@ -36,25 +36,8 @@ class SourceStats:
     longer_chosen_share: float = 0.0  # "longer is better" accuracy, ties counted half
 
 
-def _plain(text: Text) -> str:
-    return text if isinstance(text, str) else "\n".join(message["content"] for message in text)
-
-
-def word_count(text: Text) -> int:
-    return count_words(_plain(text))
-
-
 def _key(pair: PreferencePair) -> str:
     return json.dumps([pair.prompt, pair.chosen, pair.rejected], sort_keys=True)
-
-
-def longer_is_better_accuracy(pairs: list[PreferencePair]) -> float:
-    """Accuracy of judging by length alone (more words wins, ties count half): the bar to clear."""
-    wins = 0.0
-    for pair in pairs:
-        chosen, rejected = word_count(pair.chosen), word_count(pair.rejected)
-        wins += 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
-    return wins / len(pairs)
 
 
 def source_stats(source: str, pairs: list[PreferencePair], left_out: dict, tokenizer, max_length: int) -> SourceStats:
