@@ -22,7 +22,7 @@ from torch import nn
 
 from .data.templates import ensure_pad_token, pad_problem
 from .default_model import resolve_model_path
-from .model import SCORE_HEAD, attach_score_head, set_reward_config
+from .model import SCORE_HEAD, attach_score_head
 
 HAFRM_CONFIG = "hafrm.json"
 ADAPTER_README = "LOADING.md"
@@ -178,33 +178,36 @@ def run_tokenizer(directory: str | Path, allow_old_pad: bool = False):
 
 
 def _load(directory: Path, dtype: torch.dtype, allow_old_pad: bool):
+    """-> (model, tokenizer, hafrm config, the old pad token when an old run was given its new one, else None)."""
     from transformers import AutoModelForCausalLM
 
     config = read_hafrm_config(directory)
     tokenizer = run_tokenizer(directory, allow_old_pad)
+    old_pad = tokenizer.pad_token if pad_problem(tokenizer) else None
+    if old_pad is not None:  # only with allow_old_pad: the run keeps its tokenizer and gets the new pad
+        ensure_pad_token(tokenizer)
     with_score = config["reward_head"]
     if (directory / "adapter_config.json").is_file():
         from peft import PeftConfig, PeftModel
 
         model, _ = load_base_model(config["base_model"], with_score_head=with_score, dtype=dtype)
-        if pad_problem(tokenizer):  # an old run: keep its own tokenizer, give it the new pad
-            ensure_pad_token(tokenizer)
-            fit_embeddings(model, tokenizer)
+        fit_embeddings(model, tokenizer)
         adapter_config = PeftConfig.from_pretrained(str(directory))
         adapter_config.task_type = "CAUSAL_LM"  # hafrm runs the causal LM with its score head, whatever the file says
         model = PeftModel.from_pretrained(model, str(directory), config=adapter_config)
     else:
         model = _quietly(AutoModelForCausalLM.from_pretrained, str(directory), dtype=dtype)
+        fit_embeddings(model, tokenizer)
         if with_score:
             attach_score_head(model, tokenizer.pad_token_id)
             with torch.no_grad():
                 model.score.weight.copy_(_load_score_weight(directory))
-    return model, tokenizer, config
+    return model, tokenizer, config, old_pad
 
 
 def load_trained(directory: str | Path, dtype: torch.dtype = torch.float32):
     """Load a hafrm output directory (full weights or a LoRA adapter) -> (model, tokenizer, hafrm config)."""
-    model, tokenizer, config = _load(Path(directory), dtype, allow_old_pad=False)
+    model, tokenizer, config, _ = _load(Path(directory), dtype, allow_old_pad=False)
     if torch.cuda.is_available():  # scoring runs where the model is; batches follow it
         model.to("cuda")
     model.eval()
@@ -217,26 +220,19 @@ def export(run_dir: str | Path, output_dir: str | Path) -> Path:
     An old run read its reward at the last attended token; with a pad that no text holds, the
     converted directory is read there too, by hafrm and by every transformers-based loader.
     """
-    model, tokenizer, config = _load(Path(run_dir), torch.float32, allow_old_pad=True)
-    converted = pad_problem(tokenizer)
+    model, tokenizer, config, old_pad = _load(Path(run_dir), torch.float32, allow_old_pad=True)
     is_lora = hasattr(model, "merge_and_unload")
-    if not is_lora and not converted:
+    if not is_lora and old_pad is None:
         raise ValueError(f"{run_dir} holds full weights with a valid pad token: it loads as it is, nothing to export")
     if is_lora:
         model = model.merge_and_unload()
-    if converted:
-        old_pad = tokenizer.pad_token
-        ensure_pad_token(tokenizer)
-        fit_embeddings(model, tokenizer)
+    if old_pad is not None:
         config = {**config, "pad_converted_from": old_pad}
-    if config.get("reward_head"):
-        set_reward_config(model.config, tokenizer.pad_token_id)
-        if "reward_mean" in config:  # the normalisation OpenRLHF reads from config.json
-            model.config.mean, model.config.std = config["reward_mean"], config["reward_std"]
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
-    if config.get("reward_head"):
-        update_config_json(output_dir)
+    if config.get("reward_head"):  # the normalisation OpenRLHF reads from config.json, where the run measured it
+        moments = {"mean": config["reward_mean"], "std": config["reward_std"]} if "reward_mean" in config else {}
+        update_config_json(output_dir, moments)
     finetune = "lora-merged" if is_lora else config.get("finetune")
     write_hafrm_config(output_dir, {**config, "finetune": finetune, "exported_from": str(run_dir)})
     return Path(output_dir)

@@ -7,18 +7,16 @@ summary = train(TrainConfig(data="pairs.jsonl", method="haf", finetune="lora", m
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import torch
 from accelerate import PartialState
 from transformers import TrainingArguments, set_seed
 
 from . import __version__
-from .checkpoint import HAFRM_CONFIG, load_base_model, update_config_json
+from .checkpoint import load_base_model, read_hafrm_config, update_config_json, write_hafrm_config
 from .config import TrainConfig
 from .data import BUILTIN, PairCollator, load_data, split_validation, tokenize_pairs
 from .data.load import has_split, parse_spec
@@ -236,10 +234,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> dict:
 def record_reward_moments(output_dir: str, mean: float, std: float) -> None:
     """Write the validation reward mean/std where OpenRLHF (config.json `mean`, `std`) and hafrm.json look."""
     update_config_json(output_dir, {"mean": mean, "std": std})
-    path = Path(output_dir) / HAFRM_CONFIG
-    values = json.loads(path.read_text())
-    values.update(reward_mean=mean, reward_std=std)
-    path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+    write_hafrm_config(output_dir, {**read_hafrm_config(output_dir), "reward_mean": mean, "reward_std": std})
 
 
 def print_summary(summary: dict, cfg: TrainConfig) -> None:

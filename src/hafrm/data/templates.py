@@ -63,7 +63,7 @@ def _rendered_samples(tokenizer) -> list[str]:
 
 
 def end_token_ids(tokenizer) -> set[int]:
-    """Ids a pad must never be: BOS, EOS (all of a generation config's), UNK, and every special token a rendered conversation holds."""
+    """Ids a pad must never be: BOS, EOS, UNK, and every special token a rendered conversation holds."""
     ids = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id}
     special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     for text in _rendered_samples(tokenizer):
@@ -125,12 +125,9 @@ def render(tokenizer, prompt: Text, response: Text, where: str = "text") -> tupl
     if isinstance(prompt, str) and isinstance(response, str):
         return prompt, prompt + response, False
     # No template: conversations become HH transcripts, the form base models were trained on.
-    prompt_text = _hh_transcript(_as_messages(prompt, "user")) + "\n\nAssistant:"
-    replies = _as_messages(response, "assistant")
-    first = replies[0]["content"] if replies and replies[0]["role"] == "assistant" else None
-    if first is None:
-        return prompt_text, _hh_transcript(_as_messages(prompt, "user") + replies), False
-    return prompt_text, prompt_text + " " + first + _hh_transcript(replies[1:]), False
+    prompt_messages = _as_messages(prompt, "user")
+    full_text = _hh_transcript(prompt_messages + _as_messages(response, "assistant"))
+    return _hh_transcript(prompt_messages) + "\n\nAssistant:", full_text, False
 
 
 def encode(tokenizer, text: str, templated: bool) -> list[int]:
