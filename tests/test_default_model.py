@@ -11,6 +11,7 @@ from transformers import AutoModelForSequenceClassification
 from hafrm.checkpoint import load_trained
 from hafrm.cli import main
 from hafrm.data.collator import pad_rows
+from hafrm.data.instructions import check
 from hafrm.default_model import resolve_model_path
 from hafrm.model import forward_rows
 
@@ -75,3 +76,22 @@ def test_default_model_trains_with_every_method_and_mode(method, finetune, defau
         classifier = AutoModelForSequenceClassification.from_pretrained(out, num_labels=1).eval()
         theirs = classifier(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+
+
+def test_best_of_n_on_the_default_model(default_model_cache, small_files, tmp_path):
+    """The default model samples built-in prompts; a one-step rm run of it picks; the oracle judges."""
+    train_file, _ = small_files
+    run = tmp_path / "rm"
+    argv = ["train", "--model", "smollm2-135m-instruct", "--data", str(train_file), "--method", "rm",
+            "--finetune", "freeze", "--trainable-layers", "1", "--max-length", "96", "--batch-size", "2",
+            "--max-steps", "1", "--val-fraction", "0", "--lr", "1e-4", "--output-dir", str(run)]  # fmt: skip
+    assert main(argv) == 0
+    out = tmp_path / "bon"
+    argv = ["bon", "--limit", "2", "--n", "2", "--max-new-tokens", "24", "--reward", str(run), "--output-dir", str(out)]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert report["prompts"] == 2 and report["n"] == 2 and len(samples) == 2
+    assert all(len(line["responses"]) == 2 and all(line["responses"]) for line in samples)  # real, non-empty text
+    grades = [check(line["prompt"], response) for line in samples for response in line["responses"]]
+    assert report["judge_mean"] == sum(grades) / 4 and set(report["curve"]) == {"rm", "random", "judge's best"}

@@ -4,6 +4,7 @@
     hafrm eval --model runs/haf --data test.jsonl --json runs/haf/eval.json
     hafrm score --model runs/haf --prompt "Hi" --response "Hello!" --response "Go away."
     hafrm export --model runs/haf --output-dir runs/haf-merged
+    hafrm bon --prompts builtin:test --n 8 --reward runs/haf,runs/rm --output-dir runs/bon
 
 Every command takes `--config FILE.yaml` with the same field names; flags override the file.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from .config import EvalConfig, ExportConfig, ScoreConfig, StatsConfig, TrainConfig, parse_config
+from .config import BonConfig, EvalConfig, ExportConfig, ScoreConfig, StatsConfig, TrainConfig, parse_config
 from .data import DataError
 
 COMMANDS = {
@@ -21,10 +22,11 @@ COMMANDS = {
     "eval": EvalConfig,
     "score": ScoreConfig,
     "export": ExportConfig,
+    "bon": BonConfig,
     "data": StatsConfig,
 }
 USAGE = (
-    "usage: hafrm {train,eval,score,export} [--config FILE.yaml] [--flags ...]\n"
+    "usage: hafrm {train,eval,score,export,bon} [--config FILE.yaml] [--flags ...]\n"
     "       hafrm data stats NAME... [--max-length L] [--model M]\n"
     "       hafrm experiment CONFIG.yaml [--dry-run]\n"
     "(hafrm COMMAND --help lists the flags)"
@@ -84,6 +86,10 @@ def run(command: str, cfg) -> object:
         from .evaluate import score
 
         return score(cfg)
+    if command == "bon":
+        from .bon import run_bon
+
+        return run_bon(cfg)
     if command == "data":
         from .checkpoint import load_tokenizer
         from .data.stats import data_stats, print_table, write_json

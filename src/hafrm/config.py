@@ -153,6 +153,45 @@ class ScoreConfig:
 
 
 @dataclass
+class BonConfig:
+    """`hafrm bon`: sample N responses per prompt, pick the best with each reward model, judge the picks.
+
+    Samples are drawn once into output_dir/samples.jsonl (resumable); reward models and the judge then
+    score them. The judge is `oracle` (the built-in checker; built-in prompts), a reward-model
+    directory (the gold RM), or the URL of an OpenAI-compatible endpoint (pairwise, order randomised).
+    """
+
+    policy: str = _help("the sampling model: hub id, local causal LM or the default model", default=DEFAULT_MODEL)
+    prompts: str = _help("builtin:SPLIT or a JSON / JSONL file of rows with a `prompt`", default="builtin:test")
+    limit: int | None = _help("only the first K prompts", default=None)
+    n: int = _help("samples per prompt", default=8)
+    temperature: float = _help("sampling temperature (0: greedy, with --n 1)", default=1.0)
+    top_p: float = _help("nucleus sampling mass", default=1.0)
+    max_new_tokens: int = _help("longest response in tokens", default=128)
+    seed: int = _help("sampling seed (each batch of prompts draws from seed + its first index)", default=0)
+    batch_size: int = _help("prompts per generate call (each gives N sequences)", default=8)
+    backend: Literal["auto", "hf", "vllm"] = _help(
+        "sampler: vllm when installed with a GPU (auto), or HF generate", default="auto"
+    )
+    reward: list[str] = field(
+        default_factory=list,
+        metadata={"help": "reward models: DIR or NAME=DIR, comma-separated or repeated", "action": "extend"},
+    )
+    judge: str = _help(
+        "oracle (built-in prompts), a gold reward-model DIR, or an OpenAI-compatible URL", default="oracle"
+    )
+    judge_model: str | None = _help("model name sent to the judge URL", default=None)
+    judge_api_key_env: str = _help(
+        "environment variable holding the judge URL's bearer token", default="OPENAI_API_KEY"
+    )
+    max_length: int | None = _help(
+        "max tokens of prompt + response when scoring (default: each run's own)", default=None
+    )
+    score_batch_size: int = _help("sequences per scoring pass", default=16)
+    output_dir: str = _help("samples, scores and the report go here", default="runs/bon")
+
+
+@dataclass
 class StatsConfig:
     """`hafrm data stats NAME...`: Table 1 of the paper for any data hafrm reads."""
 

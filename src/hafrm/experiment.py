@@ -30,7 +30,7 @@ import yaml
 
 from .config import EvalConfig, TrainConfig
 
-DESIGNS = ("comparison", "mixed", "transfer", "alpha-sweep", "head-agreement")
+DESIGNS = ("comparison", "mixed", "transfer", "alpha-sweep", "head-agreement", "bon")
 DEFAULT_RUNS = {"rm": {"method": "rm"}, "dpo": {"method": "dpo"}, "haf": {"method": "haf"}}
 
 
@@ -44,6 +44,7 @@ class ExperimentSpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     design: str = "comparison"
     eval_options: dict = field(default_factory=dict)
+    bon: dict = field(default_factory=dict)  # design bon: BonConfig fields (the samples, judge, N)
     description: str = ""
 
 
@@ -58,8 +59,12 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> ExperimentSpec
     spec.base = {**spec.base, **(overrides or {})}
     if spec.design not in DESIGNS:
         raise ValueError(f"{path}: design must be one of {DESIGNS}, got {spec.design!r}")
-    if not spec.evaluate:
+    if not spec.evaluate and spec.design != "bon":
         raise ValueError(f"{path}: `evaluate` must name at least one evaluation set")
+    if spec.design == "bon":
+        from .bon import experiment_bon_config
+
+        experiment_bon_config(spec, {})  # field names checked before anything runs
     for run_name in spec.runs:
         train_config(spec, run_name, spec.seeds[0])  # field names and values checked before anything runs
     EvalConfig(**{**spec.eval_options, "data": "x"})
@@ -91,6 +96,16 @@ def plan(spec: ExperimentSpec) -> list[str]:
                 done = (directory / f"eval-{set_name}.json").is_file()
                 lines.append(f"    eval {set_name}: {'done' if done else 'to do'}")
     return lines
+
+
+def train_all(spec: ExperimentSpec) -> dict[str, Path]:
+    """Train (or resume, or keep) every run and seed -> {"run/seedS": directory}."""
+    directories = {}
+    for run_name in spec.runs:
+        for seed in spec.seeds:
+            _train_once(spec, run_name, seed)
+            directories[f"{run_name}/seed{seed}"] = run_dir(spec, run_name, seed)
+    return directories
 
 
 def _train_once(spec: ExperimentSpec, run_name: str, seed: int) -> None:
@@ -132,6 +147,10 @@ def run_experiment(path: str | Path, dry_run: bool = False, overrides: dict | No
     print("\n".join(plan(spec)))
     if dry_run:
         return {}
+    if spec.design == "bon":
+        from .bon import run_bon_experiment
+
+        return run_bon_experiment(spec, Path(path))
     results = {}
     for run_name in spec.runs:
         for seed in spec.seeds:

@@ -34,6 +34,7 @@ FIGURE_INCHES = {  # (width, height); saved without bbox cropping, so PNG pixels
     "alpha_sweep": (7.2, 6.4),
     "agreement": (7.2, 6.8),
     "perplexity": (8.0, 5.0),
+    "curve": (8.0, 5.0),
 }
 METHOD_COLOURS = {"rm": "tab:blue", "dpo": "tab:orange", "haf": "tab:green"}  # same method, same colour everywhere
 _SPARE_COLOURS = ["tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
@@ -358,3 +359,55 @@ def per_token_perplexity_plot(
     ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+# ---- best-of-N and RLHF curves --------------------------------------------------------------------
+
+
+def curve_plot(
+    curves: dict[str, list[tuple[float, float, Sequence[float]]]],
+    path: str | Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    log2_x: bool = False,
+    reference: float | None = None,
+    reference_label: str = "",
+    band: str = "bands: 95% interval",
+) -> Path:
+    """One line per label through (x, mean) points, with a shaded 95% band from each point's (low, high)."""
+    labels = list(curves)
+    colours = _colours(labels)
+    fig, ax = plt.subplots(figsize=FIGURE_INCHES["curve"])
+    dropped = 0
+    for label in labels:
+        points = [(x, m, band) for x, m, band in curves[label] if math.isfinite(m)]
+        dropped += len(curves[label]) - len(points)
+        if not points:
+            continue
+        xs, means = [p[0] for p in points], [p[1] for p in points]
+        dashed = label.startswith(("random", "judge"))
+        ax.plot(xs, means, marker="o", linestyle="--" if dashed else "-", color=colours[label], label=label)
+        ax.fill_between(xs, [p[2][0] for p in points], [p[2][1] for p in points], color=colours[label], alpha=0.12)
+    handle = None
+    if reference is not None:
+        handle = ax.axhline(reference, color="black", linestyle=":", linewidth=1, label=reference_label)
+    if log2_x:
+        ax.set_xscale("log", base=2)
+        sizes = sorted({x for series in curves.values() for x, _, _ in series})
+        ax.set_xticks(sizes, [f"{int(x)}" for x in sizes])
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(_subtitle("lines: mean", band, _dropped_note(dropped, "point")), fontsize=9)
+    if handle is not None:
+        _legend_reference_last(ax, handle, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    else:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def bon_curve_plot(curves: dict[str, list[tuple[float, float, Sequence[float]]]], path: str | Path, title: str,
+                   band: str = "bands: 95% interval") -> Path:  # fmt: skip
+    """The best-of-N curve: the judge's mean score of each selector's pick against N (log2 axis)."""
+    return curve_plot(curves, path, title, "N (samples per prompt)", "Judge score of the pick", log2_x=True, band=band)

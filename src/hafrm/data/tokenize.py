@@ -39,7 +39,7 @@ class TruncationReport:
         )
 
 
-def _fit(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], max_length: int):
+def fit_to_length(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], max_length: int):
     """Cut the shared prompt from its start (to no less than half the budget), then responses from the end."""
     longest_response = max(len(chosen_ids), len(rejected_ids))
     keep = max(max_length - longest_response, min(len(prompt_ids), max_length // 2), 1)
@@ -58,7 +58,7 @@ def tokenize_pair(tokenizer, pair: PreferencePair, max_length: int) -> tuple[dic
     prompt_ids = chosen_prompt[:shared]
     chosen_ids, rejected_ids = chosen_prompt[shared:] + chosen_ids, rejected_prompt[shared:] + rejected_ids
     longest = len(prompt_ids) + max(len(chosen_ids), len(rejected_ids))
-    fitted_prompt, fitted_chosen, fitted_rejected = _fit(prompt_ids, chosen_ids, rejected_ids, max_length)
+    fitted_prompt, fitted_chosen, fitted_rejected = fit_to_length(prompt_ids, chosen_ids, rejected_ids, max_length)
     flags = (
         len(fitted_prompt) < len(prompt_ids),
         len(fitted_chosen) < len(chosen_ids) or len(fitted_rejected) < len(rejected_ids),
