@@ -78,14 +78,33 @@ def test_default_model_trains_with_every_method_and_mode(method, finetune, defau
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
 
 
-def test_best_of_n_on_the_default_model(default_model_cache, small_files, tmp_path):
-    """The default model samples built-in prompts; a one-step rm run of it picks; the oracle judges."""
-    train_file, _ = small_files
-    run = tmp_path / "rm"
+def train_default_rm(train_file, run) -> None:
     argv = ["train", "--model", "smollm2-135m-instruct", "--data", str(train_file), "--method", "rm",
             "--finetune", "freeze", "--trainable-layers", "1", "--max-length", "96", "--batch-size", "2",
             "--max-steps", "1", "--val-fraction", "0", "--lr", "1e-4", "--output-dir", str(run)]  # fmt: skip
     assert main(argv) == 0
+
+
+def test_rlhf_on_the_default_model(default_model_cache, small_files, tmp_path):
+    """Two GRPO steps of the default model (LoRA) against a one-step rm run of it, evaluated by the oracle."""
+    train_file, _ = small_files
+    train_default_rm(train_file, tmp_path / "rm")
+    out = tmp_path / "rlhf"
+    argv = ["rlhf", "--reward", str(tmp_path / "rm"), "--limit", "4", "--max-steps", "2", "--eval-steps", "2",
+            "--eval-limit", "2", "--max-new-tokens", "16", "--output-dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
+    assert [point["step"] for point in curve] == [0, 2]
+    answers = [json.loads(line) for line in (out / "eval" / "step-000002.jsonl").read_text().splitlines()]
+    assert all(answer["response"] for answer in answers)  # the real model writes text
+    assert curve[1]["oracle"]["mean"] == sum(check(a["prompt"], a["response"]) for a in answers) / 2
+
+
+def test_best_of_n_on_the_default_model(default_model_cache, small_files, tmp_path):
+    """The default model samples built-in prompts; a one-step rm run of it picks; the oracle judges."""
+    train_file, _ = small_files
+    run = tmp_path / "rm"
+    train_default_rm(train_file, run)
     out = tmp_path / "bon"
     argv = ["bon", "--limit", "2", "--n", "2", "--max-new-tokens", "24", "--reward", str(run), "--output-dir", str(out)]
     assert main(argv) == 0

@@ -5,6 +5,7 @@
     hafrm score --model runs/haf --prompt "Hi" --response "Hello!" --response "Go away."
     hafrm export --model runs/haf --output-dir runs/haf-merged
     hafrm bon --prompts builtin:test --n 8 --reward runs/haf,runs/rm --output-dir runs/bon
+    hafrm rlhf --reward runs/haf --max-steps 50 --output-dir runs/rlhf-haf
 
 Every command takes `--config FILE.yaml` with the same field names; flags override the file.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from .config import BonConfig, EvalConfig, ExportConfig, ScoreConfig, StatsConfig, TrainConfig, parse_config
+from .config import BonConfig, EvalConfig, ExportConfig, RlhfConfig, ScoreConfig, StatsConfig, TrainConfig, parse_config
 from .data import DataError
 
 COMMANDS = {
@@ -23,10 +24,11 @@ COMMANDS = {
     "score": ScoreConfig,
     "export": ExportConfig,
     "bon": BonConfig,
+    "rlhf": RlhfConfig,
     "data": StatsConfig,
 }
 USAGE = (
-    "usage: hafrm {train,eval,score,export,bon} [--config FILE.yaml] [--flags ...]\n"
+    "usage: hafrm {train,eval,score,export,bon,rlhf} [--config FILE.yaml] [--flags ...]\n"
     "       hafrm data stats NAME... [--max-length L] [--model M]\n"
     "       hafrm experiment CONFIG.yaml [--dry-run]\n"
     "(hafrm COMMAND --help lists the flags)"
@@ -86,6 +88,10 @@ def run(command: str, cfg) -> object:
         from .evaluate import score
 
         return score(cfg)
+    if command == "rlhf":
+        from .rlhf import run_rlhf
+
+        return run_rlhf(cfg)
     if command == "bon":
         from .bon import run_bon
 

@@ -192,6 +192,59 @@ class BonConfig:
 
 
 @dataclass
+class RlhfConfig:
+    """`hafrm rlhf`: a policy trained by TRL's GRPO or RLOO against a hafrm reward model, evaluated by the oracle.
+
+    A step takes `batch_size` prompts and samples `num_generations` completions of each; the reward is
+    the run's reward head (normalised with its stored mean / std); `beta` weighs the KL penalty to
+    the initial policy. `--compare A B` reads two finished runs and prints the oracle win rate of A
+    over B at every evaluated step instead of training.
+    """
+
+    policy: str = _help("the policy to train: hub id, local causal LM or the default model", default=DEFAULT_MODEL)
+    reward: str | None = _help("hafrm output directory (rm or haf) or 1-label classifier: the reward", default=None)
+    algorithm: Literal["grpo", "rloo"] = _help(
+        "TRL trainer: GRPO (group-normalised) or RLOO (leave-one-out)", default="grpo"
+    )
+    prompts: str = _help(
+        "training prompts: builtin:SPLIT or a JSON / JSONL file with `prompt`", default="builtin:train"
+    )
+    limit: int | None = _help("only the first K training prompts", default=None)
+    eval_prompts: str = _help("held-out prompts the policy answers at each evaluation", default="builtin:test")
+    eval_limit: int | None = _help("only the first K held-out prompts", default=50)
+    eval_batch_size: int = _help("held-out prompts per generate call", default=16)
+    gold_reward: str | None = _help("a reward-model directory that also grades the held-out answers", default=None)
+    normalize: bool = _help("rewards as (r - mean) / std with the checkpoint's stored moments", default=True)
+    finetune: Literal["full", "lora", "freeze"] = _help("what trains in the policy", default="lora")
+    trainable_layers: int = _help("freeze mode: how many top blocks train", default=4)
+    lora_r: int = _help("LoRA rank", default=16)
+    lora_alpha: int = _help("LoRA scaling numerator", default=32)
+    num_generations: int = _help("completions sampled per prompt (the group)", default=4)
+    batch_size: int = _help("prompts per step", default=2)
+    max_new_tokens: int = _help("longest completion in tokens", default=64)
+    temperature: float = _help("sampling temperature of the completions", default=1.0)
+    top_p: float = _help("nucleus sampling mass", default=1.0)
+    beta: float = _help("KL coefficient to the initial policy (0: no reference model)", default=0.04)
+    lr: float = _help("learning rate (constant)", default=1e-4)
+    max_steps: int = _help("optimizer steps", default=50)
+    eval_steps: int = _help("evaluate (and checkpoint) every K steps", default=10)
+    logging_steps: int = _help("log TRL's metrics every K steps", default=5)
+    max_length: int | None = _help("max tokens the reward models read (default: each run's own)", default=None)
+    seed: int = _help("seed of prompt order and sampling", default=0)
+    bf16: bool = _help("bf16 (GPUs)", default=False)
+    report_to: str = _help("comma-separated trackers or none", default="none")
+    output_dir: str = _help("checkpoints, evaluations, curve and the final policy", default="runs/rlhf")
+    resume: str | None = _help("resume: a checkpoint dir, or `last` for the newest in output_dir", default=None)
+    compare: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "two finished rlhf output dirs: oracle win rate of the first over the second per step",
+            "action": "extend",
+        },
+    )
+
+
+@dataclass
 class StatsConfig:
     """`hafrm data stats NAME...`: Table 1 of the paper for any data hafrm reads."""
 
