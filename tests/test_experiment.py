@@ -109,3 +109,59 @@ def test_bad_configs_are_refused(tmp_path, tiny_model, pairs_file):
 def test_shipped_experiment_configs_dry_run(path, capsys):
     assert main(["experiment", str(path), "--dry-run"]) == 0
     assert "seed" in capsys.readouterr().out
+
+
+def downstream_spec(tmp_path, tiny_model, pairs_file, design: str, **keys) -> Path:
+    path = small_spec(tmp_path, tiny_model, pairs_file, design=design)
+    spec = yaml.safe_load(path.read_text())
+    spec.update(evaluate={}, **keys)
+    spec["base"]["val_fraction"] = 0.2
+    path = tmp_path / f"{design}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_bon_design_summarises_every_method_over_seeds_and_resumes(tmp_path, tiny_model, pairs_file, monkeypatch):
+    bon = {"limit": 3, "n": 2, "max_new_tokens": 4, "batch_size": 3}
+    path = downstream_spec(tmp_path, tiny_model, pairs_file, "bon", bon=bon)
+    summary = experiment.run_experiment(path)
+    out = tmp_path / "exp"
+    assert set(summary["table"]) == {"rm", "haf"} and summary["prompts"] == 3 and summary["n"] == 2
+    report = json.loads((out / "bon" / "report.json").read_text())
+    for method in ("rm", "haf"):  # the summary is the mean over seeds of each seed's own report
+        per_seed = [report["recall"][f"{method}/seed{seed}"]["top1"]["recall"] for seed in (0, 1)]
+        assert summary["table"][method]["top1"]["per_seed"] == per_seed
+        assert summary["table"][method]["top1"]["mean"] == pytest.approx(sum(per_seed) / 2)
+    pooled = summary["head_to_head"]["rm vs haf"]
+    assert pooled["prompts"] == 6 and pooled["wins"] + pooled["ties"] + pooled["losses"] == 6
+    assert "| rm vs haf |" in (out / "results.md").read_text() and (out / "bon-curve.png").is_file()
+
+    import hafrm.bon
+    import hafrm.train
+
+    monkeypatch.setattr(hafrm.train, "train", lambda cfg: pytest.fail(f"retrained {cfg.output_dir}"))
+    monkeypatch.setattr(hafrm.bon.Policy, "__init__", lambda *a: pytest.fail("sampled again"))
+    assert experiment.run_experiment(path)["table"] == summary["table"]
+
+
+def test_rlhf_design_reuses_reward_models_and_compares_policies(tmp_path, tiny_model, pairs_file, monkeypatch):
+    bon = downstream_spec(tmp_path, tiny_model, pairs_file, "bon", bon={"limit": 2, "n": 2, "max_new_tokens": 4})
+    spec = yaml.safe_load(bon.read_text())
+    spec["seeds"] = [0]
+    bon.write_text(yaml.safe_dump(spec, sort_keys=False))
+    experiment.run_experiment(bon)
+    import hafrm.train
+
+    monkeypatch.setattr(hafrm.train, "train", lambda cfg: pytest.fail(f"retrained {cfg.output_dir}"))
+    rlhf = {"max_steps": 1, "eval_steps": 1, "eval_limit": 2, "limit": 4, "max_new_tokens": 4, "lr": 5e-3}
+    spec.update(design="rlhf", rlhf=rlhf, reuse_runs=spec["output_dir"], output_dir=str(tmp_path / "rlhf"))
+    del spec["bon"]
+    path = tmp_path / "rlhf.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    summary = experiment.run_experiment(path)
+    assert set(summary["curves"]) == {"rm/seed0", "haf/seed0"}
+    assert [p["step"] for p in summary["curves"]["haf/seed0"]] == [0, 1]
+    match = summary["head_to_head"]["rm vs haf, seed 0"]
+    assert [p["step"] for p in match] == [0, 1] and match[0] == {**match[0], "wins": 0, "losses": 0, "ties": 2}
+    markdown = (tmp_path / "rlhf" / "results.md").read_text()
+    assert "| rm/seed0 |" in markdown and (tmp_path / "rlhf" / "win-rate.png").is_file()

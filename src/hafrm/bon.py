@@ -452,7 +452,12 @@ def report_markdown(report: dict) -> str:
     n = report["n"]
     lines = [
         f"Judge: {report['judge']}; {report['prompts']} prompts, N = {n}; mean judge score of all samples "
-        f"{report['judge_mean']:.3f}.",
+        f"{report['judge_mean']:.3f}."
+        + (
+            f" {report['finished']:.0%} of the replies ended by themselves (the rest were cut at the length limit)."
+            if "finished" in report
+            else ""
+        ),
         "",
         f"| selector | top-1 recall | top-2 recall | judge score of the pick at N = {n} |",
         "|---|---|---|---|",
@@ -528,6 +533,11 @@ def score_all(cfg: BonConfig) -> tuple[list[dict], str, list[list[float]], dict[
     selectors = {label: reward_scores(directory, lines, cfg, label) for label, directory in rewards.items()}
     judge_name, judge = judge_scores(cfg, lines)
     return lines, judge_name, judge, selectors
+
+
+def finished_share(lines: list[dict]) -> float:
+    """The share of replies that ended by themselves (the rest were cut at max_new_tokens)."""
+    return sum(sum(line["finished"]) for line in lines) / sum(len(line["finished"]) for line in lines)
 
 
 def run_bon(cfg: BonConfig) -> dict:
@@ -640,7 +650,8 @@ def bon_summary_markdown(spec, summary: dict, config_path: Path, cfg: BonConfig)
         f"{summary['prompts']} prompts, N = {n} samples each from `{cfg.policy}` (temperature {cfg.temperature}, "
         f"top-p {cfg.top_p}, at most {cfg.max_new_tokens} new tokens, seed {cfg.seed}); judge: the built-in oracle "
         f"(fraction of a prompt's constraints met). Mean judge score of all samples {summary['judge_mean']:.3f}; "
-        f"{summary['all_tied']} prompts have all N samples tied (a hit for every selector). Mean ± std over seeds "
+        f"{summary['all_tied']} prompts have all N samples tied (a hit for every selector); {summary['finished']:.0%} "
+        f"of the replies ended by themselves (the rest were cut at the length limit). Mean ± std over seeds "
         f"{spec.seeds} of the reward models.", "",
         f"| selector | top-1 recall | top-2 recall | top-1 recall, untied prompts | judge score of the pick (N = {n}) |",
         "|---|---|---|---|---|",
@@ -683,9 +694,9 @@ def run_bon_experiment(spec, config_path: Path) -> dict:
     rewards = train_all(spec)
     cfg = experiment_bon_config(spec, rewards)
     lines, judge_name, judge, selectors = score_all(cfg)
-    report = bon_report(judge_name, judge, selectors)
+    report = bon_report(judge_name, judge, selectors) | {"finished": finished_share(lines)}
     write_report(Path(cfg.output_dir), report, f"{spec.name}: every seed")
-    summary = summarise_bon(spec, judge, selectors)
+    summary = summarise_bon(spec, judge, selectors) | {"finished": report["finished"]}
     output = Path(spec.output_dir)
     (output / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     (output / "results.md").write_text(bon_summary_markdown(spec, summary, config_path, cfg))

@@ -30,7 +30,8 @@ import yaml
 
 from .config import EvalConfig, TrainConfig
 
-DESIGNS = ("comparison", "mixed", "transfer", "alpha-sweep", "head-agreement", "bon")
+DESIGNS = ("comparison", "mixed", "transfer", "alpha-sweep", "head-agreement", "bon", "rlhf")
+DOWNSTREAM = ("bon", "rlhf")  # designs that use the trained reward models instead of evaluating pairs
 DEFAULT_RUNS = {"rm": {"method": "rm"}, "dpo": {"method": "dpo"}, "haf": {"method": "haf"}}
 
 
@@ -45,6 +46,8 @@ class ExperimentSpec:
     design: str = "comparison"
     eval_options: dict = field(default_factory=dict)
     bon: dict = field(default_factory=dict)  # design bon: BonConfig fields (the samples, judge, N)
+    rlhf: dict = field(default_factory=dict)  # design rlhf: RlhfConfig fields (one policy per run and seed)
+    reuse_runs: str = ""  # another experiment's output_dir: its RUN/seedS models are used where trained alike
     description: str = ""
 
 
@@ -59,12 +62,16 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> ExperimentSpec
     spec.base = {**spec.base, **(overrides or {})}
     if spec.design not in DESIGNS:
         raise ValueError(f"{path}: design must be one of {DESIGNS}, got {spec.design!r}")
-    if not spec.evaluate and spec.design != "bon":
+    if not spec.evaluate and spec.design not in DOWNSTREAM:
         raise ValueError(f"{path}: `evaluate` must name at least one evaluation set")
     if spec.design == "bon":
         from .bon import experiment_bon_config
 
         experiment_bon_config(spec, {})  # field names checked before anything runs
+    if spec.design == "rlhf":
+        from .rlhf import experiment_rlhf_config
+
+        experiment_rlhf_config(spec, "x", Path("x"))
     for run_name in spec.runs:
         train_config(spec, run_name, spec.seeds[0])  # field names and values checked before anything runs
     EvalConfig(**{**spec.eval_options, "data": "x"})
@@ -91,6 +98,8 @@ def plan(spec: ExperimentSpec) -> list[str]:
         for seed in spec.seeds:
             directory = run_dir(spec, run_name, seed)
             state = "done" if (directory / "hafrm.json").is_file() else "to train"
+            if spec.reuse_runs and (Path(spec.reuse_runs) / run_name / f"seed{seed}" / "hafrm.json").is_file():
+                directory, state = Path(spec.reuse_runs) / run_name / f"seed{seed}", "reused if trained alike"
             lines.append(f"{run_name} seed {seed}: {state} -> {directory}")
             for set_name in spec.evaluate:
                 done = (directory / f"eval-{set_name}.json").is_file()
@@ -98,13 +107,40 @@ def plan(spec: ExperimentSpec) -> list[str]:
     return lines
 
 
+def reusable_run(spec: ExperimentSpec, run_name: str, seed: int) -> Path | None:
+    """The same run and seed in `spec.reuse_runs`, when it finished with exactly this run's training settings."""
+    if not spec.reuse_runs:
+        return None
+    other = Path(spec.reuse_runs) / run_name / f"seed{seed}"
+    if not (other / "hafrm.json").is_file():
+        return None
+    recorded = json.loads((other / "hafrm.json").read_text())
+    wanted = dataclasses.asdict(train_config(spec, run_name, seed))
+    ignored = {"model", "resume", "output_dir", "report_to", "data"}
+    differing = sorted(k for k in wanted if k not in ignored and k in recorded and recorded[k] != wanted[k])
+    if recorded.get("base_model") != wanted["model"] or (recorded.get("data") != (wanted["data"] or "builtin")):
+        differing.append("model or data")
+    if differing:
+        print(
+            f"note: {other} was trained with other settings ({', '.join(differing)}); training {run_name} seed {seed} here"
+        )
+        return None
+    return other
+
+
 def train_all(spec: ExperimentSpec) -> dict[str, Path]:
-    """Train (or resume, or keep) every run and seed -> {"run/seedS": directory}."""
+    """Train (or resume, keep, or reuse from `reuse_runs`) every run and seed -> {"run/seedS": directory}.
+
+    Seed by seed: every run of the first seed is trained before any of the second, so an interrupted
+    experiment already holds one complete comparison (and another experiment can reuse it).
+    """
     directories = {}
-    for run_name in spec.runs:
-        for seed in spec.seeds:
-            _train_once(spec, run_name, seed)
-            directories[f"{run_name}/seed{seed}"] = run_dir(spec, run_name, seed)
+    for seed in spec.seeds:
+        for run_name in spec.runs:
+            reused = reusable_run(spec, run_name, seed)
+            if reused is None:
+                _train_once(spec, run_name, seed)
+            directories[f"{run_name}/seed{seed}"] = reused or run_dir(spec, run_name, seed)
     return directories
 
 
@@ -151,6 +187,10 @@ def run_experiment(path: str | Path, dry_run: bool = False, overrides: dict | No
         from .bon import run_bon_experiment
 
         return run_bon_experiment(spec, Path(path))
+    if spec.design == "rlhf":
+        from .rlhf import run_rlhf_experiment
+
+        return run_rlhf_experiment(spec, Path(path))
     results = {}
     for run_name in spec.runs:
         for seed in spec.seeds:

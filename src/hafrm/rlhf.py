@@ -365,3 +365,83 @@ def compare(directories: list[str], output_dir: str | None = None) -> list[dict]
         plots.curve_plot(series, out / "win-rate.png", f"Oracle win rate of {a.name} over {b.name}",
                          "training step", "win rate (ties count half)", reference=0.5, reference_label="even (0.5)")  # fmt: skip
     return points
+
+
+# ---------------------------------------------------------------- the rlhf-builtin experiment
+
+
+def experiment_rlhf_config(spec, reward: str, output_dir: Path) -> RlhfConfig:
+    """The experiment's `rlhf:` block as the RlhfConfig of one policy, trained against `reward`."""
+    known = {f.name for f in dataclasses.fields(RlhfConfig)}
+    unknown = sorted(set(spec.rlhf) - known)
+    if unknown:
+        raise ValueError(f"experiment {spec.name!r}: unknown rlhf field(s) {unknown}; valid: {sorted(known)}")
+    values = {"policy": spec.base.get("model", RlhfConfig.policy), **spec.rlhf, "reward": reward}
+    values["output_dir"] = str(output_dir)
+    if any(output_dir.glob("checkpoint-*")) and not (output_dir / "rlhf.json").is_file():
+        values["resume"] = "last"
+    return RlhfConfig(**values)
+
+
+def run_rlhf_experiment(spec, config_path: Path) -> dict:
+    """Train the reward models, one policy per reward model and seed at the same settings, compare them step by step."""
+    import yaml
+
+    from . import plots
+    from .experiment import train_all
+
+    rewards = train_all(spec)
+    output = Path(spec.output_dir)
+    policies = {}
+    for label, directory in rewards.items():
+        policy_dir = output / "policies" / label.replace("/", "-")
+        print(f"\n=== {spec.name}: policy trained against {label}")
+        run_rlhf(experiment_rlhf_config(spec, str(directory), policy_dir))
+        policies[label] = policy_dir
+    curves = {label: read_curve(directory) for label, directory in policies.items()}
+    runs = list(spec.runs)
+    matches = {}
+    for seed in spec.seeds:
+        for i, a in enumerate(runs):
+            for b in runs[i + 1 :]:
+                pair = (policies[f"{a}/seed{seed}"], policies[f"{b}/seed{seed}"])
+                matches[f"{a} vs {b}, seed {seed}"] = compare(
+                    [str(p) for p in pair], str(output / "compare" / f"{a}-vs-{b}-seed{seed}")
+                )
+    summary = {"curves": curves, "head_to_head": matches}
+    (output / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    cfg = experiment_rlhf_config(spec, "REWARD", output / "policies")
+    steps = sorted({point["step"] for curve in curves.values() for point in curve})
+    lines = [f"# {spec.name}", "", spec.description.strip(), "",
+             f"Policy `{cfg.policy}` ({cfg.finetune}), {cfg.algorithm.upper()}, {cfg.max_steps} steps of {cfg.batch_size} "
+             f"prompts x {cfg.num_generations} completions (temperature {cfg.temperature}, at most {cfg.max_new_tokens} "
+             f"tokens), KL β {cfg.beta}, lr {cfg.lr}, rewards normalised: {cfg.normalize}. Held out: the first "
+             f"{cfg.eval_limit} prompts of {cfg.eval_prompts}, answered greedily.", "",
+             "Mean oracle score of the held-out answers (fraction of constraints met) [95% interval]:", "",
+             "| policy trained against | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]  # fmt: skip
+    for label, curve in curves.items():
+        by_step = {p["step"]: p for p in curve}
+        cells = []
+        for step in steps:
+            point = by_step.get(step, {}).get("oracle")
+            cells.append(f"{point['mean']:.3f} [{point['ci95'][0]:.3f}, {point['ci95'][1]:.3f}]" if point else "—")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for name, points in matches.items():
+        lines += ["", f"Oracle win rate, {name} (ties count half):", "",
+                  "| step | wins / ties / losses | win rate [95%] |", "|---|---|---|"]  # fmt: skip
+        for p in points:
+            lines.append(f"| {p['step']} | {p['wins']} / {p['ties']} / {p['losses']} | {p['win_rate']:.3f} "
+                         f"[{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] |")  # fmt: skip
+    lines += ["", "## Budget and command", "", f"`hafrm experiment {config_path}`", "", "```yaml",
+              yaml.safe_dump({"base": spec.base, "runs": spec.runs, "seeds": spec.seeds, "rlhf": spec.rlhf},
+                             sort_keys=False).rstrip(), "```"]  # fmt: skip
+    (output / "results.md").write_text("\n".join(lines) + "\n")
+    series = {label: [(p["step"], p["oracle"]["mean"], p["oracle"]["ci95"]) for p in curve if "oracle" in p]
+              for label, curve in curves.items()}  # fmt: skip
+    plots.curve_plot(series, output / "oracle-curve.png", f"{spec.name}: held-out oracle score of the policy",
+                     "training step", "mean oracle score (greedy answers)")  # fmt: skip
+    wins = {name: [(p["step"], p["win_rate"], p["ci95"]) for p in points] for name, points in matches.items()}
+    plots.curve_plot(wins, output / "win-rate.png", f"{spec.name}: oracle win rate over steps", "training step",
+                     "win rate (ties count half)", reference=0.5, reference_label="even (0.5)")  # fmt: skip
+    print((output / "results.md").read_text())
+    return summary
