@@ -250,3 +250,14 @@ def test_bad_input_is_one_line_naming_the_file_row_flag_or_url(tmp_path, reward_
     )
     assert main(argv) == 1
     assert "prompt 0 is chat messages, but --policy" in capsys.readouterr().err
+
+
+def test_dpo_runs_of_one_base_share_one_reference_pass(reward_runs, monkeypatch):
+    import hafrm.rewards
+
+    items = [(PROMPTS[1], response) for response in RESPONSES[1]]
+    first = RewardModel(reward_runs["dpo"]).score(items)
+    monkeypatch.setattr(hafrm.rewards, "load_base_model", lambda *a, **k: pytest.fail("reference computed again"))
+    assert RewardModel(reward_runs["dpo"]).score(items) == first
+    with pytest.raises(pytest.fail.Exception, match="reference computed again"):
+        RewardModel(reward_runs["dpo"]).score(items[:2])  # other token ids: a pass of their own

@@ -32,6 +32,18 @@ from .model import score_sequences
 from .reference import adapters_disabled
 
 KINDS = ("reward head", "implicit reward", "classifier")
+# Reference log-probs by (base model, token ids): dpo runs of one base (seeds, say) scoring the same
+# samples share one reference pass per process.
+_REFERENCE_MEMO: dict[tuple[str, str], torch.Tensor] = {}
+
+
+def _ids_digest(sequences: list[list[int]], prompt_lengths: list[int]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for ids, prompt_length in zip(sequences, prompt_lengths):
+        digest.update(f"{prompt_length}:{','.join(map(str, ids))};".encode())
+    return digest.hexdigest()
 
 
 def reward_kind(directory: str | Path) -> str:
@@ -151,11 +163,14 @@ class RewardModel:
             return score_sequences(model, sequences, prompt_lengths, self.batch_size, pad, "right", False, True, what)
 
         reference = None
-        if with_reference and not is_lora:
+        memo_key = (self.run["base_model"], _ids_digest(sequences, prompt_lengths))
+        if with_reference and not is_lora and memo_key in _REFERENCE_MEMO:
+            reference = _REFERENCE_MEMO[memo_key]
+        elif with_reference and not is_lora:
             base, _ = load_base_model(self.run["base_model"], with_score_head=False)
             if torch.cuda.is_available():
                 base.to("cuda")
-            reference = logps(base.eval(), f"{desc} (reference)")["logps"]
+            reference = _REFERENCE_MEMO[memo_key] = logps(base.eval(), f"{desc} (reference)")["logps"]
             del base
             gc.collect()
         model, _, _ = load_trained(self.directory)
