@@ -138,22 +138,39 @@ def read_samples(directory: Path, prompts: list | None = None) -> list[dict]:
     return lines
 
 
+def policy_tokenizer(name: str):
+    """(local path or hub id, tokenizer padding on the left) of a sampling policy; a pad is filled in from EOS."""
+    from transformers import AutoTokenizer
+
+    from .default_model import resolve_model_path
+
+    path = resolve_model_path(name)
+    if not Path(path).exists() and "/" not in name:
+        raise FileNotFoundError(f"--policy {name}: no such directory, and not a hub id")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # generation only: the attention mask keeps pads out
+    return path, tokenizer
+
+
+def prompt_ids(tokenizer, prompt, index: int, policy: str) -> list[int]:
+    """A prompt as training renders it (chat template with the generation prompt, or plain text)."""
+    from .data.templates import encode, render
+
+    if not tokenizer.chat_template and not isinstance(prompt, str):
+        raise ValueError(f"prompt {index} is chat messages, but --policy {policy} has no chat template")
+    text, _, templated = render(tokenizer, prompt, "", f"prompt {index}")
+    return encode(tokenizer, text, templated)
+
+
 class Policy:
     """The sampling model: HF `generate` (batched, left-padded) or vLLM when installed, a GPU present and asked for."""
 
     def __init__(self, name: str, backend: str):
         import torch
-        from transformers import AutoTokenizer
 
-        from .default_model import resolve_model_path
-
-        self.path = resolve_model_path(name)
-        if not Path(self.path).exists() and "/" not in name:
-            raise FileNotFoundError(f"--policy {name}: no such directory, and not a hub id")
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token  # generation only: the mask keeps pads out
+        self.path, self.tokenizer = policy_tokenizer(name)
         use_vllm = backend == "vllm" or (backend == "auto" and torch.cuda.is_available() and _has_vllm())
         if backend == "vllm" and not (torch.cuda.is_available() and _has_vllm()):
             raise ValueError("--backend vllm needs the vllm package and a GPU; use --backend hf")
@@ -170,13 +187,7 @@ class Policy:
                 self.model.to("cuda")
 
     def prompt_ids(self, prompt, index: int) -> list[int]:
-        """The prompt as training renders it (chat template with the generation prompt, or plain text)."""
-        from .data.templates import encode, render
-
-        if not self.tokenizer.chat_template and not isinstance(prompt, str):
-            raise ValueError(f"prompt {index} is chat messages, but --policy {self.path} has no chat template")
-        text, _, templated = render(self.tokenizer, prompt, "", f"prompt {index}")
-        return encode(self.tokenizer, text, templated)
+        return prompt_ids(self.tokenizer, prompt, index, self.path)
 
     def sample(
         self, prompt_ids: list[list[int]], cfg: BonConfig, seed: int
@@ -606,14 +617,15 @@ def summarise_bon(spec, judge: list[list[float]], selectors: dict[str, list[list
     table = {}
     for run, grids in by_method.items():
         curves = [bon_curve(judge, grid) for grid in grids]
+        top1 = [top_k_recall(judge, grid, 1) for grid in grids]
         table[run] = {
-            "top1": mean_std([top_k_recall(judge, grid, 1)["recall"] for grid in grids]),
+            "top1": mean_std([figures["recall"] for figures in top1]),
             "top2": mean_std([top_k_recall(judge, grid, 2)["recall"] for grid in grids]),
-            "top1_untied": mean_std([top_k_recall(judge, grid, 1)["recall_untied"] for grid in grids]),
+            "top1_untied": mean_std([figures["recall_untied"] for figures in top1]),
             "pick": mean_std([curve[n]["mean"] for curve in curves]),
             "curve": {size: mean_std([curve[size]["mean"] for curve in curves]) for size in curves[0]},
         }
-    chance = bon_curve(judge)
+    chance, chance_top1 = bon_curve(judge), random_recall(judge, 1)
     seeds = len(spec.seeds)
     runs = list(by_method)
     matches = {
@@ -627,9 +639,9 @@ def summarise_bon(spec, judge: list[list[float]], selectors: dict[str, list[list
         "all_tied": top_k_recall(judge, judge, 1)["all_tied"],
         "table": table,
         "random": {
-            "top1": random_recall(judge, 1)["recall"],
+            "top1": chance_top1["recall"],
             "top2": random_recall(judge, 2)["recall"],
-            "top1_untied": random_recall(judge, 1)["recall_untied"],
+            "top1_untied": chance_top1["recall_untied"],
             "pick": chance[n]["mean"],
             "curve": {size: figures["mean"] for size, figures in chance.items()},
         },

@@ -96,8 +96,8 @@ class PolicyEvaluation:
     def __call__(self, model, tokenizer, step: int) -> dict | None:
         import torch
 
+        from .bon import prompt_ids
         from .data.collator import pad_rows
-        from .data.templates import encode, render
         from .selection import mean_interval
 
         if step in self.done_steps():
@@ -109,10 +109,7 @@ class PolicyEvaluation:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         for start in range(0, len(self.prompts), self.cfg.eval_batch_size):
             members = self.prompts[start : start + self.cfg.eval_batch_size]
-            ids = []
-            for i, prompt in enumerate(members):
-                text, _, templated = render(tokenizer, prompt, "", f"eval prompt {start + i}")
-                ids.append(encode(tokenizer, text, templated))
+            ids = [prompt_ids(tokenizer, prompt, start + i, self.cfg.policy) for i, prompt in enumerate(members)]
             batch = pad_rows(ids, [0] * len(ids), pad, "left")
             with torch.no_grad():
                 output = model.generate(
@@ -169,17 +166,11 @@ def _callback(evaluation: PolicyEvaluation, eval_steps: int):
 
 def _policy(cfg: RlhfConfig):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from .default_model import resolve_model_path
+    from .bon import policy_tokenizer
 
-    path = resolve_model_path(cfg.policy)
-    if not Path(path).exists() and "/" not in cfg.policy:
-        raise FileNotFoundError(f"--policy {cfg.policy}: no such directory, and not a hub id")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # generation only: masks keep it out of every loss
+    path, tokenizer = policy_tokenizer(cfg.policy)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
     peft_config = None
     if cfg.finetune == "lora":
