@@ -1,12 +1,21 @@
-"""TRL preference formats, bad rows named by index, truncation counted, batches masked."""
+"""TRL preference formats, bad rows and broken files named by file, row, line, field and reason,
+truncation counted, batches masked."""
 
+import ast
+import gzip
 import json
+import zlib
+from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
-from hafrm.data import DataError, PairCollator, read_pairs, split_validation, tokenize_pairs
-from hafrm.data.formats import parse_row, read_rows
+from hafrm.cli import main
+from hafrm.data import DataError, PairCollator, load_data, read_pairs, split_validation, tokenize_pairs
+from hafrm.data.formats import BadRow, parse_row, read_rows, read_rows_and_lines, to_pair
+
+GOOD = {"prompt": "p", "chosen": "a", "rejected": "b"}
+SKIP_HINT = "--skip-bad-rows leaves such rows out"
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +59,245 @@ def test_conversational_explicit_and_implicit():
         ({"chosen": "abc", "rejected": "xyz"}, "share no prompt"),
         ({"prompt": "p", "chosen": "a", "rejected": "b", "margin": "big"}, "margin"),
         ([1, 2], "JSON object"),
+        ({"prompt": "  ", "chosen": "a", "rejected": "b"}, "empty prompt"),
+        ({"prompt": [{"role": "user", "content": " "}], "chosen": [], "rejected": []}, "empty prompt"),
+        ({"chosen": " a", "rejected": " b"}, "share no prompt prefix but whitespace"),
+        ({"prompt": "p", "chosen": "a", "rejected": "b", "margin": float("nan")}, "bad margin: `margin` is nan"),
+        ({"prompt": "p", "chosen": "a", "rejected": "b", "margin": 10**400}, "integer too large"),
+        ({"prompt": "p", "chosen": "a\ud800", "rejected": "b"}, "undecodable text"),
     ],
 )
 def test_bad_rows_name_source_row_and_reason(row, reason):
     with pytest.raises(DataError, match=rf"data.jsonl: row 7: .*{reason}"):
         parse_row(row, "data.jsonl", 7)
+
+
+def test_a_bad_row_names_its_field_and_prints_its_text_safely():
+    with pytest.raises(DataError) as error:
+        parse_row({"prompt": "p", "chosen": [{"role": "user", "content": "x\ud800"}], "rejected": "b"}, "f", 2)
+    assert str(error.value) == (
+        "f: row 2: undecodable text: `chosen` holds the lone surrogate '\\ud800' at character 1, which is not text "
+        "UTF-8 can encode (a JSON \\u escape without its pair?) (field `chosen`)"
+    )
+    str(error.value).encode("utf-8")  # printable: the message itself holds no surrogate
+
+
+def test_implicit_rows_split_and_explicit_rows_keep_their_own_text():
+    explicit = to_pair({"prompt": " Hi ", "chosen": " a", "rejected": "b "}, "f", 0, explicit_prompt=True)
+    assert (explicit.prompt, explicit.chosen, explicit.rejected) == (" Hi ", " a", "b ")
+    implicit = to_pair({"prompt": None, "chosen": "Hi there", "rejected": "Hi you"}, "f", 0)
+    assert (implicit.prompt, implicit.chosen, implicit.rejected) == ("Hi ", "there", "you")
+    with pytest.raises(BadRow) as error:
+        to_pair({"prompt": None, "chosen": "Hi there", "rejected": "Hi you"}, "f", 0, explicit_prompt=True)
+    assert (error.value.reason, error.value.field) == ("null prompt", "prompt")
+
+
+@pytest.mark.parametrize(
+    "bad_row, message",
+    [
+        (
+            {"prompt": None, "chosen": "Hi a", "rejected": "Hi b"},
+            "row 1: null prompt: `prompt` is null, though other rows of this file give theirs "
+            f"(field `prompt`; line 2; {SKIP_HINT})",
+        ),
+        (
+            {"chosen": "Hi a", "rejected": "Hi b"},
+            "row 1: missing prompt: the row has no `prompt`, though other rows of this file give theirs "
+            f"(field `prompt`; line 2; {SKIP_HINT})",
+        ),
+        (
+            {"prompt": " \t", "chosen": "a", "rejected": "b"},
+            f"row 1: empty prompt: `prompt` is empty or only whitespace (field `prompt`; line 2; {SKIP_HINT})",
+        ),
+        (
+            {**GOOD, "margin": float("inf")},
+            "row 1: bad margin: `margin` is inf; a margin must be finite "
+            f"(one non-finite margin makes every weight NaN) (field `margin`; line 2; {SKIP_HINT})",
+        ),
+        (
+            {**GOOD, "rejected": "b \ud800"},
+            "row 1: undecodable text: `rejected` holds the lone surrogate '\\ud800' at character 2, which is not "
+            f"text UTF-8 can encode (a JSON \\u escape without its pair?) (field `rejected`; line 2; {SKIP_HINT})",
+        ),
+    ],
+)
+def test_each_bad_row_names_file_row_field_reason_and_line(tmp_path, bad_row, message):
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD, bad_row])
+    with pytest.raises(DataError) as error:
+        read_pairs(path)
+    assert str(error.value) == f"{path}: {message}"
+
+
+def test_a_missing_prompt_on_the_first_row_is_caught_too(tmp_path):
+    """Any row with a prompt makes the file an explicit-prompt one: row 0 is not split silently either."""
+    path = write_jsonl(tmp_path / "d.jsonl", [{"chosen": "Hi a", "rejected": "Hi b"}, GOOD])
+    with pytest.raises(DataError, match=r"d.jsonl: row 0: missing prompt: .*\(field `prompt`; line 1;"):
+        read_pairs(path)
+
+
+def test_an_implicit_prompt_file_still_splits_and_refuses_a_whitespace_prompt(tmp_path):
+    rows = [{"chosen": "Q: why? A: yes", "rejected": "Q: why? A: no"}, {"chosen": " a", "rejected": " b"}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(DataError) as error:
+        read_pairs(path)
+    assert str(error.value) == (
+        f"{path}: row 1: no shared prompt: no `prompt` field and `chosen`/`rejected` share no prompt prefix but "
+        f"whitespace (line 2; {SKIP_HINT})"
+    )
+    (pair,) = read_pairs(path, skip_bad_rows=True)
+    assert (pair.prompt, pair.chosen, pair.rejected) == ("Q: why? A: ", "yes", "no")
+
+
+def test_line_numbers_count_blank_lines_and_survive_a_carved_split(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n\n\n" + json.dumps({**GOOD, "margin": float("nan")}) + "\n")
+    assert read_rows_and_lines(str(path))[1] == [1, 4]
+    with pytest.raises(DataError, match=r"d.jsonl: row 1: bad margin: .*\(field `margin`; line 4;"):
+        read_pairs(str(path))
+    rows = [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(20)]
+    rows[11]["margin"] = float("nan")  # the carve (seed 0) holds out rows 10 and 18: row 11 is train row 10
+    carved = write_jsonl(tmp_path / "c.jsonl", rows)
+    with pytest.raises(DataError) as error:
+        load_data(f"{carved}:train")
+    assert str(error.value).startswith(f"{carved} (train part): row 10: bad margin:")
+    assert str(error.value).endswith(f"(field `margin`; line 12; {SKIP_HINT})")
+
+
+def test_a_latin1_byte_names_file_and_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "caf\xe9", "chosen": "a"}\n')
+    with pytest.raises(DataError) as error:
+        read_pairs(str(path))
+    assert str(error.value) == (
+        f"{path}: line 2 is not valid UTF-8 (byte 0xe9 at byte 16 of the line); "
+        "save the file as UTF-8 (it may be latin-1 or cp1252)"
+    )
+
+
+def test_utf8_files_read_with_a_byte_order_mark_and_line_separators_inside_strings(tmp_path):
+    path = tmp_path / "d.jsonl"
+    rows = [{"prompt": "p\u2028q", "chosen": "a\x85", "rejected": "b"}, GOOD]
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    pairs = read_pairs(str(path))
+    assert [(p.prompt, p.chosen) for p in pairs] == [("p\u2028q", "a\x85"), ("p", "a")]
+
+
+def gzip_rows(n: int) -> bytes:
+    return gzip.compress("".join(json.dumps({**GOOD, "prompt": f"p{i}"}) + "\n" for i in range(n)).encode())
+
+
+def test_a_truncated_gzip_names_the_last_complete_row(tmp_path):
+    data = gzip_rows(40)
+    path = tmp_path / "d.jsonl.gz"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError) as error:
+        read_pairs(str(path))
+    # What zlib gets out of the first half in one call: its last complete line is the one named.
+    text = zlib.decompressobj(wbits=31).decompress(data[: len(data) // 2])
+    complete = text[: text.rfind(b"\n")].count(b"\n") + 1
+    assert str(error.value) == (
+        f"{path}: the gzip archive is truncated or corrupt after row {complete - 1} (line {complete}), "
+        "the last complete one read (the archive ends before its end-of-stream marker)"
+    )
+    assert 0 < complete < 40
+
+
+def test_a_corrupt_gzip_and_a_plain_file_named_gz_are_named(tmp_path):
+    corrupt = bytearray(gzip_rows(40))
+    corrupt[-6] ^= 0xFF  # inside the CRC trailer: every row decompresses, the check fails
+    path = tmp_path / "d.jsonl.gz"
+    path.write_bytes(bytes(corrupt))
+    with pytest.raises(DataError) as error:
+        read_pairs(str(path))
+    assert str(error.value) == (
+        f"{path}: the gzip archive is truncated or corrupt after row 39 (line 40), the last complete one read "
+        "(Error -3 while decompressing data: incorrect data check)"
+    )
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n")
+    with pytest.raises(DataError) as error:
+        read_pairs(str(path))
+    assert str(error.value) == (
+        f"{path}: the gzip archive is truncated or corrupt before its first complete line "
+        "(Error -3 while decompressing data: incorrect header check)"
+    )
+
+
+def test_multi_member_gzip_reads_every_member(tmp_path):
+    path = tmp_path / "d.jsonl.gz"
+    path.write_bytes(gzip_rows(2) + gzip_rows(3) + b"\0\0")
+    assert [p.prompt for p in read_pairs(str(path))] == ["p0", "p1", "p0", "p1", "p2"]
+
+
+def test_broken_json_list_and_parquet_name_the_file(tmp_path):
+    listed = tmp_path / "d.json"
+    listed.write_text('[{"prompt": "p",\n "chosen": }]')
+    with pytest.raises(DataError) as error:
+        read_pairs(str(listed))
+    assert str(error.value) == f"{listed}: the file is not valid JSON at line 2, column 12 (Expecting value)"
+    parquet = tmp_path / "d.parquet"
+    parquet.write_bytes(b"PAR1 not a parquet file")
+    with pytest.raises(DataError) as error:
+        read_pairs(str(parquet))
+    assert str(error.value).startswith(f"{parquet}: cannot read it as parquet (ArrowInvalid: ")
+    assert "\n" not in str(error.value)
+
+
+def test_nan_margin_in_parquet_is_a_bad_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist([{**GOOD, "margin": 1.0}, {**GOOD, "margin": float("nan")}]), path)
+    with pytest.raises(DataError) as error:
+        read_pairs(str(path))
+    assert str(error.value) == (
+        f"{path}: row 1: bad margin: `margin` is nan; a margin must be finite "
+        f"(one non-finite margin makes every weight NaN) (field `margin`; {SKIP_HINT})"
+    )
+
+
+def test_bad_data_stops_train_with_one_error_line(tiny_model, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(GOOD) + "\n" + json.dumps({"prompt": None, "chosen": "a b", "rejected": "a c"}) + "\n")
+    argv = [
+        "train",
+        "--model",
+        tiny_model,
+        "--data",
+        str(bad),
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--max-length",
+        "32",
+    ]
+    assert main(argv) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hafrm train: error:")]
+    assert errors == [
+        f"hafrm train: error: {bad}: row 1: null prompt: `prompt` is null, though other rows of this file give theirs "
+        f"(field `prompt`; line 2; {SKIP_HINT})"
+    ]
+
+
+def test_the_data_package_has_no_import_cycle():
+    """Module-level imports inside hafrm.data form no cycle (function-level ones would hide one)."""
+    package = Path(__file__).resolve().parents[1] / "src" / "hafrm" / "data"
+    graph = {}
+    for module in package.glob("*.py"):
+        tree = ast.parse(module.read_text())
+        graph[module.stem] = {
+            node.module.split(".")[0]
+            for node in tree.body
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        }
+    graph.pop("__init__")
+
+    def reaches(start, target, seen=()):
+        return any(
+            step == target or (step not in seen and reaches(step, target, (*seen, step)))
+            for step in graph.get(start, ())
+        )
+
+    assert [name for name in sorted(graph) if reaches(name, name)] == []
 
 
 def test_bad_row_in_a_file_is_reported_not_dropped(tmp_path):
@@ -66,8 +309,12 @@ def test_bad_row_in_a_file_is_reported_not_dropped(tmp_path):
 def test_invalid_json_line_is_named(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{oops\n')
-    with pytest.raises(DataError, match="line 2 is not valid JSON"):
+    with pytest.raises(DataError) as error:
         read_pairs(str(path))
+    assert (
+        str(error.value)
+        == f"{path}: line 2 is not valid JSON at column 2 (Expecting property name enclosed in double quotes)"
+    )
 
 
 def test_json_list_gzip_and_parquet(tmp_path):

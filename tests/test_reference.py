@@ -57,6 +57,54 @@ def test_cache_key_follows_weights_and_tokens_not_the_reward_head(setup):
     assert reference.dataset_fingerprint(dataset.select(range(4))) != tokens
 
 
+def _damage(path, how: str) -> str:
+    """Spoil a cache file in one of the ways a crash, a disk or a user does -> the reason the note gives."""
+    cached = torch.load(path, weights_only=True)
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[:300])
+        return "it cannot be read (RuntimeError: "
+    if how == "nan":  # well formed, with its checksum: only the values are wrong
+        cached["chosen"] = torch.full_like(cached["chosen"], float("nan"))
+        cached["sha256"] = reference._tensor_digest(cached["chosen"], cached["rejected"])
+        torch.save(cached, path)
+        return "it holds non-finite log-probs"
+    if how == "bit-flip":
+        cached["chosen"][0] += 1.0
+        torch.save(cached, path)
+        return "its checksum does not match"
+    cached["chosen"] = cached["chosen"][:3]  # "short"
+    torch.save(cached, path)
+    return "it holds (3,) log-probs for 5 pairs"
+
+
+@pytest.mark.parametrize("how", ["truncated", "nan", "bit-flip", "short"])
+def test_a_damaged_cache_is_recomputed_with_a_note(how, setup, tmp_path, capsys):
+    model, dataset, collator = setup
+    first = reference.add_reference_logps(model, dataset, collator, batch_size=2)
+    (path,) = (tmp_path / "reference").glob("*.pt")
+    reason = _damage(path, how)
+    capsys.readouterr()
+    second = reference.add_reference_logps(model, dataset, collator, batch_size=2)
+    note = capsys.readouterr().out
+    assert note.startswith(f"note: reference cache {path} is unusable ({reason}")
+    assert note.rstrip().endswith("; recomputing it") and note.count("\n") == 1
+    assert second["ref_chosen_logps"] == first["ref_chosen_logps"]
+    assert reference.read_cache(path, len(dataset), reference.reference_key(model, dataset)) is not None  # rewritten
+
+
+def test_a_failed_cache_write_keeps_the_values(setup, tmp_path, monkeypatch, capsys):
+    model, dataset, collator = setup
+
+    def full_disk(obj, file):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")  # torch's ENOSPC
+
+    monkeypatch.setattr(reference.torch, "save", full_disk)
+    with_reference = reference.add_reference_logps(model, dataset, collator, batch_size=2)
+    assert len(with_reference["ref_chosen_logps"]) == 5
+    assert capsys.readouterr().out.startswith("warning: could not write the reference cache ")
+    assert list((tmp_path / "reference").iterdir()) == []  # no partial file is left behind
+
+
 def test_lora_reference_with_adapters_disabled_matches_the_base(setup):
     model, dataset, collator = setup
     cached = reference.add_reference_logps(model, dataset, collator, batch_size=5)

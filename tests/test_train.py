@@ -389,7 +389,26 @@ def test_skip_bad_rows_trains_and_counts(tiny_model, pairs_file, tmp_path, capsy
     bad = tmp_path / "with-bad.jsonl"
     bad.write_text(pairs_file.read_text() + '{"prompt": "p", "chosen": "same", "rejected": "same"}\n')
     train(tiny_model, bad, tmp_path / "run", "--max-steps", "1", "--skip-bad-rows", "--val-fraction", "0")
-    assert "skipped bad rows: identical responses 1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "skipped bad rows: identical responses 1 (row 48)" in out
+    assert f"skipped rows: 1 listed in {tmp_path / 'run' / 'skipped-rows.jsonl'}" in out
+    (skipped,) = [json.loads(line) for line in (tmp_path / "run" / "skipped-rows.jsonl").read_text().splitlines()]
+    assert skipped == {
+        "source": "with-bad.jsonl",
+        "location": str(bad),
+        "row": 48,
+        "reason": "identical responses",
+        "field": None,
+        "detail": "`chosen` and `rejected` are identical",
+        "line": 49,
+    }
+
+
+def test_training_on_mostly_truncated_pairs_is_warned_about(tiny_model, pairs_file, tmp_path, capsys):
+    train(tiny_model, pairs_file, tmp_path / "run", "--max-steps", "1", "--max-length", "16", "--val-fraction", "0")
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("warning: all of the 48 pairs are truncated at --max-length 16 (the longest has ")
 
 
 def _hub_layout_copy(shared_data, root, rows=40):
@@ -418,7 +437,10 @@ def test_hh_harmless_by_name_from_a_local_copy_and_from_the_shared_file(
     train(tiny_model, shared_file, tmp_path / "file", "--method", "rm", "--max-steps", "1", "--skip-bad-rows")
     printed = capsys.readouterr().out
     assert "train.jsonl.gz: 1805 pairs from 1812 rows" in printed
-    assert "skipped bad rows: different prompts 5, empty response 2" in printed
+    assert (
+        "skipped bad rows: different prompts 5 (rows 974, 1310, 1525, 1527, 1591), empty response 2 (rows 392, 852)"
+        in printed
+    )
 
     # Evaluation on the named test split and on PandaLM (out of distribution), reported per source.
     pandalm = shared_data / "pandalm" / "testset-v1.json"

@@ -23,6 +23,7 @@ from torch import nn
 from .data.templates import ensure_pad_token, pad_problem
 from .default_model import resolve_model_path
 from .model import SCORE_HEAD, attach_score_head
+from .rundir import atomic_write_text
 
 HAFRM_CONFIG = "hafrm.json"
 ADAPTER_README = "LOADING.md"
@@ -109,8 +110,9 @@ def read_hafrm_config(directory: str | Path) -> dict:
 
 
 def write_hafrm_config(directory: str | Path, config: dict) -> None:
+    """Written atomically, and last in a final save: its presence says the directory is complete."""
     Path(directory).mkdir(parents=True, exist_ok=True)
-    (Path(directory) / HAFRM_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(Path(directory) / HAFRM_CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def update_config_json(directory: str | Path, values: dict | None = None) -> None:

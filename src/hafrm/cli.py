@@ -12,11 +12,27 @@ Every command takes `--config FILE.yaml` with the same field names; flags overri
 
 from __future__ import annotations
 
+import difflib
 import logging
 import sys
 
-from .config import BonConfig, EvalConfig, ExportConfig, RlhfConfig, ScoreConfig, StatsConfig, TrainConfig, parse_config
+from .config import (
+    BonConfig,
+    EvalConfig,
+    ExportConfig,
+    RlhfConfig,
+    ScoreConfig,
+    StatsConfig,
+    TrainConfig,
+    parse_config,
+)
 from .data import DataError
+from .guard import TrainingStopped
+from .rundir import CheckpointWriteError
+from .validation import validate
+
+# Errors the user can act on: printed as one line, exit status 1.
+USER_ERRORS = (DataError, ValueError, FileNotFoundError, TrainingStopped, CheckpointWriteError)
 
 COMMANDS = {
     "train": TrainConfig,
@@ -33,6 +49,14 @@ USAGE = (
     "       hafrm experiment CONFIG.yaml [--dry-run]\n"
     "(hafrm COMMAND --help lists the flags)"
 )
+
+
+def unknown_command(name: str) -> str:
+    """The lines printed for a command that does not exist: the closest one, when a typo is likely, and the list."""
+    commands = [*COMMANDS, "experiment"]
+    close = difflib.get_close_matches(name, commands, n=1)
+    guess = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"hafrm: unknown command {name!r}{guess}\ncommands: {', '.join(commands)}\n(hafrm COMMAND --help lists the flags)"
 
 
 def _bare_resume(argv: list[str]) -> list[str]:
@@ -69,7 +93,7 @@ def _experiment(argv: list[str]) -> int:
 
     try:
         run_experiment(args.config, dry_run=args.dry_run)
-    except (DataError, ValueError, FileNotFoundError) as error:
+    except USER_ERRORS as error:
         print(f"hafrm experiment: error: {error}", file=sys.stderr)
         return 1
     return 0
@@ -116,9 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "experiment":
         return _experiment(argv[1:])
-    if not argv or argv[0] not in COMMANDS:
-        print(USAGE, file=sys.stderr)
-        return 0 if argv and argv[0] in {"-h", "--help"} else 2
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(unknown_command(argv[0]), file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     command, rest = argv[0], _bare_resume(argv[1:])
     try:
@@ -129,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg.data = names + cfg.data
             if not cfg.data:
                 raise ValueError("name the data to describe: hafrm data stats NAME...")
+        validate(cfg)  # a bad value or a missing model stops here, before any model, data or reference pass
         run(command, cfg)
-    except (DataError, ValueError, FileNotFoundError) as error:
+    except USER_ERRORS as error:
         print(f"hafrm {command}: error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -2,7 +2,11 @@
 
     cfg = parse_config(TrainConfig, ["--config", "configs/quickstart.yaml", "--lr", "1e-4"])
 
-Every field is a flag in both spellings (`--max-length` and `--max_length`).
+Every field is a flag in both spellings (`--max-length` and `--max_length`). YAML values are read the
+way their flags are (`coerce`); `validate(cfg)` then checks types, choices and ranges and what the
+config names (model, data, trackers) before anything heavy loads:
+
+    validate(cfg)   # ConfigError: --batch-size must be at least 1, got 0
 """
 
 import dataclasses
@@ -105,7 +109,10 @@ class TrainConfig:
     seed: int = _help("seed for the reward-head init, data order and validation split", default=42)
     bf16: bool = _help("bf16 mixed precision (GPUs; slower on most CPUs)", default=False)
     output_dir: str = _help("where checkpoints and the final model go", default="runs/hafrm")
-    resume: str | None = _help("resume: a checkpoint dir, or `last` for the newest in output_dir", default=None)
+    resume: str | None = _help(
+        "resume: a checkpoint dir, or `last` for the newest complete one in output_dir", default=None
+    )
+    overwrite: bool = _help("clear an output_dir that holds another run instead of refusing it", default=False)
     report_to: str = _help("comma-separated trackers (wandb, tensorboard, ...) or none", default="none")
 
 
@@ -269,6 +276,8 @@ def parse_config(config_class, argv: list[str]):
     """Dataclass from an optional YAML `--config FILE` with flags overriding it; unknown keys are errors."""
     from transformers import HfArgumentParser
 
+    from .validation import ConfigError, coerce
+
     parser = HfArgumentParser(config_class)
     parser.add_argument("--config", default=None, help="YAML file whose keys are this command's fields")
     known = {f.name for f in dataclasses.fields(config_class)}
@@ -281,6 +290,12 @@ def parse_config(config_class, argv: list[str]):
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{config_path}: unknown field(s) {unknown}; valid fields: {sorted(known)}")
+        # argparse applies neither `type` nor `choices` checks to defaults it is not given as text (and a text
+        # default outside a Literal's choices is a KeyError), so the YAML values are converted and checked here.
+        try:
+            values = coerce(config_class, values)
+        except ConfigError as error:
+            raise ConfigError(f"{config_path}: {error}") from None
         parser.set_defaults(**values)
     return parser.parse_args_into_dataclasses(args=argv)[0]
 

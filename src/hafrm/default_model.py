@@ -79,11 +79,31 @@ def convert_gguf(destination: Path) -> Path:
     return destination
 
 
+def converted_dir() -> Path:
+    """Where the converted checkpoint lives (it holds config.json once the conversion finished)."""
+    return cache_root() / "models" / "SmolLM2-135M-Instruct"
+
+
+def check_available() -> None:
+    """Raise the install hint when the default model is neither converted yet nor convertible; loads nothing.
+
+    Argument checks call this instead of `resolve_model_path`, whose first call takes ~30 s.
+    """
+    if (converted_dir() / "config.json").is_file():
+        return
+    gguf_path()
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise FileNotFoundError(
+            f"converting the default model once needs {' and '.join(missing)}: pip install {' '.join(missing)}"
+        )
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """Map the default model's names to its cached checkpoint (converting once); pass others through."""
     if name_or_path not in ALIASES:
         return name_or_path
-    destination = cache_root() / "models" / "SmolLM2-135M-Instruct"
+    destination = converted_dir()
     if not (destination / "config.json").is_file():
         destination.parent.mkdir(parents=True, exist_ok=True)
         convert_gguf(destination)

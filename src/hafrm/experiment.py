@@ -14,12 +14,13 @@ data (never on an evaluation set), then evaluated on every set. Output under `ou
     *.png                 accuracy bars; α sweep and head agreement when the design asks for them
 
 A killed experiment resumes where it stopped: finished runs (their hafrm.json is written last) and
-finished evaluations (their JSON file) are kept; a run with checkpoints but no final model resumes
-from its newest checkpoint.
+finished evaluations (their JSON file) are kept; a started run without its final model resumes
+from its newest complete checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -28,11 +29,13 @@ from pathlib import Path
 
 import yaml
 
-from .config import EvalConfig, TrainConfig
+from .config import BonConfig, EvalConfig, RlhfConfig, TrainConfig
+from .validation import ConfigError, check_fields, coerce, validate
 
 DESIGNS = ("comparison", "mixed", "transfer", "alpha-sweep", "head-agreement", "bon", "rlhf")
 DOWNSTREAM = ("bon", "rlhf")  # designs that use the trained reward models instead of evaluating pairs
 DEFAULT_RUNS = {"rm": {"method": "rm"}, "dpo": {"method": "dpo"}, "haf": {"method": "haf"}}
+EVAL_SET_BY_RUN = ("model", "data", "json")  # EvalConfig fields the experiment sets per run and set
 
 
 @dataclass
@@ -52,30 +55,97 @@ class ExperimentSpec:
 
 
 def load_spec(path: str | Path, overrides: dict | None = None) -> ExperimentSpec:
-    """Read and check an experiment YAML; `overrides` replace `base` fields (tests point it at a tiny model)."""
+    """Read and check an experiment YAML; `overrides` replace `base` fields (tests point it at a tiny model).
+
+    Everything a run will need is checked here, before anything trains (`check_spec`): a bad value or a
+    missing data file stops a dry run as it stops the real one.
+    """
     values = yaml.safe_load(Path(path).read_text()) or {}
-    known = {f.name for f in dataclasses.fields(ExperimentSpec)}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of experiment keys, got {values!r}")
+    fields = dataclasses.fields(ExperimentSpec)
+    known = {f.name for f in fields}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}")
     spec = ExperimentSpec(**values)
+    _check_shape(spec, path)
     spec.base = {**spec.base, **(overrides or {})}
     if spec.design not in DESIGNS:
         raise ValueError(f"{path}: design must be one of {DESIGNS}, got {spec.design!r}")
     if not spec.evaluate and spec.design not in DOWNSTREAM:
         raise ValueError(f"{path}: `evaluate` must name at least one evaluation set")
+    check_spec(spec)
+    return spec
+
+
+def _check_shape(spec: ExperimentSpec, path: str | Path) -> None:
+    """Mappings where the YAML needs mappings and a list of integer seeds (else a TypeError far from the cause)."""
+    for key in ("base", "runs", "evaluate", "eval_options", "bon", "rlhf"):
+        if not isinstance(getattr(spec, key), dict):
+            raise ValueError(f"{path}: `{key}` must be a mapping, got {getattr(spec, key)!r}")
+    if not spec.runs:
+        raise ValueError(f"{path}: `runs` names no run")
+    for run_name, run_overrides in spec.runs.items():
+        if not isinstance(run_overrides, dict):
+            raise ValueError(f"{path}: run {run_name!r} must be a mapping of training fields, got {run_overrides!r}")
+    seeds = spec.seeds if isinstance(spec.seeds, list) else [None]
+    if not seeds or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds):
+        raise ValueError(f"{path}: `seeds` must be a non-empty list of integers, got {spec.seeds!r}")
+
+
+@contextlib.contextmanager
+def _naming(spec: ExperimentSpec, part: str):
+    """Prefix a ConfigError raised inside with the experiment and the part of it (run, block, set) at fault."""
+    try:
+        yield
+    except ConfigError as error:
+        raise ConfigError(f"experiment {spec.name!r}, {part}: {error}") from None
+
+
+def check_spec(spec: ExperimentSpec) -> None:
+    """Every run's TrainConfig, the bon / rlhf block and every evaluation set, validated as their commands would.
+
+    Data paths must exist; named sources, the built-in set and hub ids are not loaded. The YAML values
+    are converted as flags would be (`"1e-4"` -> 1e-4) and kept so. A run's trained directory does not
+    exist yet, so the evaluation sets' and downstream blocks' reward models are not looked for.
+    """
+    from .preflight import check_data
+
+    for run_name in spec.runs:
+        cfg = train_config(spec, run_name, spec.seeds[0])
+        with _naming(spec, f"run {run_name!r}"):
+            validate(cfg)
+            for seed in spec.seeds[1:]:
+                check_fields(dataclasses.replace(cfg, seed=seed))
     if spec.design == "bon":
         from .bon import experiment_bon_config
 
-        experiment_bon_config(spec, {})  # field names checked before anything runs
+        with _naming(spec, "bon"):
+            spec.bon = coerce(BonConfig, spec.bon)
+            validate(experiment_bon_config(spec, {}))
     if spec.design == "rlhf":
         from .rlhf import experiment_rlhf_config
 
-        experiment_rlhf_config(spec, "x", Path("x"))
-    for run_name in spec.runs:
-        train_config(spec, run_name, spec.seeds[0])  # field names and values checked before anything runs
-    EvalConfig(**{**spec.eval_options, "data": "x"})
-    return spec
+        with _naming(spec, "rlhf"):
+            spec.rlhf = coerce(RlhfConfig, spec.rlhf)
+            validate(experiment_rlhf_config(spec, "(trained by the runs)", Path(spec.output_dir) / "policies"))
+    with _naming(spec, "eval_options"):
+        spec.eval_options = coerce(EvalConfig, spec.eval_options)
+        known = {f.name for f in dataclasses.fields(EvalConfig)} - set(EVAL_SET_BY_RUN)
+        unknown = sorted(set(spec.eval_options) - known)
+        if unknown:
+            raise ConfigError(f"unknown or per-run field(s) {unknown}; valid: {sorted(known)}")
+    for set_name, data in spec.evaluate.items():
+        with _naming(spec, f"evaluation set {set_name!r}"):
+            if not isinstance(data, str):
+                raise ConfigError(f"expected a --data value, got {data!r}")
+            check_fields(EvalConfig(**{**spec.eval_options, "data": data}))
+            check_data("--data", data)
 
 
 def run_dir(spec: ExperimentSpec, run_name: str, seed: int) -> Path:
@@ -88,7 +158,8 @@ def train_config(spec: ExperimentSpec, run_name: str, seed: int) -> TrainConfig:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"experiment {spec.name!r}, run {run_name!r}: unknown training field(s) {unknown}")
-    return TrainConfig(**values)
+    with _naming(spec, f"run {run_name!r}"):
+        return TrainConfig(**coerce(TrainConfig, values))  # YAML values read as the flags would read them
 
 
 def plan(spec: ExperimentSpec) -> list[str]:
@@ -145,13 +216,14 @@ def train_all(spec: ExperimentSpec) -> dict[str, Path]:
 
 
 def _train_once(spec: ExperimentSpec, run_name: str, seed: int) -> None:
+    from .rundir import RunDirectory
     from .train import train
 
     directory = run_dir(spec, run_name, seed)
     if (directory / "hafrm.json").is_file():
         return
     cfg = train_config(spec, run_name, seed)
-    if any(directory.glob("checkpoint-*")):
+    if RunDirectory(directory).recorded_run() is not None:  # started before: continue it
         cfg.resume = "last"
     print(f"\n=== {spec.name}: training {run_name}, seed {seed}")
     train(cfg)

@@ -80,21 +80,66 @@ def compute_reference_logps(model, dataset, collator, batch_size: int) -> tuple[
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def add_reference_logps(model, dataset, collator, batch_size: int, use_cache: bool = True):
-    """`dataset` with `ref_chosen_logps` / `ref_rejected_logps` columns, from the disk cache when possible."""
-    key = f"{model_fingerprint(model)}-{dataset_fingerprint(dataset)}"
-    path = cache_root() / "reference" / f"{key}.pt"
-    if use_cache and path.is_file():
-        logger.info("reusing reference log-probs from %s", path)
-        cached = torch.load(path)
+CACHE_VERSION = 2  # bump when what a cache file holds, or how it is computed, changes
+
+
+def _tensor_digest(chosen: torch.Tensor, rejected: torch.Tensor) -> str:
+    return hashlib.sha256(chosen.numpy().tobytes() + rejected.numpy().tobytes()).hexdigest()
+
+
+def read_cache(path, rows: int, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A cache file's log-probs when it is whole and what was asked for; a one-line note and None otherwise."""
+    try:
+        cached = torch.load(path, weights_only=True)
         chosen, rejected = cached["chosen"], cached["rejected"]
+        problem = None
+        if cached.get("key") != key:
+            problem = "it was written for another model, data or settings"
+        elif chosen.shape != (rows,) or rejected.shape != (rows,):
+            problem = f"it holds {tuple(chosen.shape)} log-probs for {rows} pairs"
+        elif cached.get("sha256") != _tensor_digest(chosen, rejected):
+            problem = "its checksum does not match"
+        elif not (torch.isfinite(chosen).all() and torch.isfinite(rejected).all()):
+            problem = "it holds non-finite log-probs"
+    except Exception as error:  # a truncated or foreign file: torch.load raises many types
+        problem = f"it cannot be read ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+    if problem:
+        print(f"note: reference cache {path} is unusable ({problem}); recomputing it")
+        return None
+    return chosen, rejected
+
+
+def write_cache(path, chosen: torch.Tensor, rejected: torch.Tensor, key: str) -> None:
+    """Write through a temporary file and a rename; a failed write (full disk) warns and keeps the values."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"chosen": chosen, "rejected": rejected, "key": key, "sha256": _tensor_digest(chosen, rejected)}
+        torch.save(payload, partial)
+        partial.replace(path)
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+        partial.unlink(missing_ok=True)
+        print(f"warning: could not write the reference cache {path} ({error}); training goes on without caching it")
+
+
+def reference_key(model, dataset) -> str:
+    """What the log-probs depend on: the weights, the token ids, the dtype, and how hafrm computes them."""
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return f"{model_fingerprint(model)}-{dataset_fingerprint(dataset)}-{dtype}-v{CACHE_VERSION}"
+
+
+def add_reference_logps(model, dataset, collator, batch_size: int, use_cache: bool = True):
+    """`dataset` with `ref_chosen_logps` / `ref_rejected_logps` columns, from the disk cache when it is whole."""
+    key = reference_key(model, dataset)
+    path = cache_root() / "reference" / f"{key}.pt"
+    cached = read_cache(path, len(dataset), key) if use_cache and path.is_file() else None
+    if cached is not None:
+        logger.info("reusing reference log-probs from %s", path)
+        chosen, rejected = cached
     else:
         chosen, rejected = compute_reference_logps(model, dataset, collator, batch_size)
         if use_cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".partial")
-            torch.save({"chosen": chosen, "rejected": rejected}, partial)
-            partial.replace(path)
+            write_cache(path, chosen, rejected, key)
     dataset = dataset.remove_columns(
         [c for c in ("ref_chosen_logps", "ref_rejected_logps") if c in dataset.column_names]
     )

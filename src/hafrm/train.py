@@ -7,9 +7,12 @@ summary = train(TrainConfig(data="pairs.jsonl", method="haf", finetune="lora", m
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import torch
 from accelerate import PartialState
@@ -18,17 +21,20 @@ from transformers import TrainingArguments, set_seed
 from . import __version__
 from .checkpoint import load_base_model, read_hafrm_config, update_config_json, write_hafrm_config
 from .config import TrainConfig
-from .data import BUILTIN, PairCollator, load_data, split_validation, tokenize_pairs
+from .data import BUILTIN, PairCollator, load_data, split_validation, tokenize_pairs, write_skipped_rows
 from .data.load import has_split, parse_spec
 from .finetune import prepare_finetuning
+from .guard import NumericalGuard, TrainingStopped
 from .model import packing_error
 from .objective import Objective
-from .reference import add_reference_logps
+from .reference import add_reference_logps, dataset_fingerprint, model_fingerprint
+from .rundir import RunDirectory
 from .trainer import HybridTrainer
 
 logger = logging.getLogger(__name__)
 # Packed and padded results of one pair may differ by float rounding (~1e-6 relative in fp32), no more.
 PACKING_TOLERANCE = 1e-3
+SKIPPED_ROWS = "skipped-rows.jsonl"
 
 
 def on_cpu() -> bool:
@@ -68,19 +74,19 @@ def objective_from(cfg: TrainConfig) -> Objective:
 
 
 def _validation_pairs(cfg: TrainConfig, train_pairs: list):
-    """-> (train pairs, validation pairs or None, where validation came from)."""
+    """-> (train pairs, validation pairs or None, where validation came from, the validation load reports)."""
     load = dict(fmt=cfg.format, skip_bad_rows=cfg.skip_bad_rows, seed=cfg.seed)
     if cfg.eval_data:
         pairs, reports = load_data(cfg.eval_data, default_split="validation", **load)
-        return train_pairs, pairs, "; ".join(r.summary() for r in reports)
+        return train_pairs, pairs, "; ".join(r.summary() for r in reports), reports
     items = parse_spec(cfg.data or BUILTIN)
     if len(items) == 1 and items[0].split is None and has_split(items[0].target, "validation"):
         pairs, reports = load_data(f"{items[0].target}:validation", **load)
-        return train_pairs, pairs, reports[0].summary()
+        return train_pairs, pairs, reports[0].summary(), reports
     if cfg.val_fraction > 0:
         train_pairs, pairs = split_validation(train_pairs, cfg.val_fraction, cfg.seed)
-        return train_pairs, pairs, f"{cfg.val_fraction:.0%} of the training pairs, seed {cfg.seed}"
-    return train_pairs, None, ""
+        return train_pairs, pairs, f"{cfg.val_fraction:.0%} of the training pairs, seed {cfg.seed}", []
+    return train_pairs, None, "", []
 
 
 def validation_pairs(cfg: TrainConfig) -> list | None:
@@ -90,13 +96,21 @@ def validation_pairs(cfg: TrainConfig) -> list | None:
 
 
 def load_datasets(cfg: TrainConfig, tokenizer):
-    """-> (train set, validation set or None), each tokenised, with loading and truncation reported."""
+    """-> (train set, validation set or None), each tokenised, with loading and truncation reported.
+
+    Rows left out by --skip-bad-rows are listed, every one, in output_dir/skipped-rows.jsonl.
+    """
     train_pairs, reports = load_data(cfg.data or BUILTIN, cfg.format, cfg.skip_bad_rows, "train", cfg.mixture, cfg.seed)
     for report in reports:
         say(f"train data {report.summary()}")
-    train_pairs, eval_pairs, eval_origin = _validation_pairs(cfg, train_pairs)
+    train_pairs, eval_pairs, eval_origin, eval_reports = _validation_pairs(cfg, train_pairs)
+    if any(report.skipped for report in reports + eval_reports) and PartialState().is_main_process:
+        path = Path(cfg.output_dir) / SKIPPED_ROWS
+        say(f"skipped rows: {write_skipped_rows(reports + eval_reports, path)} listed in {path}")
     train_set, truncation = tokenize_pairs(train_pairs, tokenizer, cfg.max_length)
     say(f"train tokens: {truncation.summary()}")
+    if truncation.warning(cfg.max_length):
+        say(truncation.warning(cfg.max_length))
     eval_set = None
     if eval_pairs:
         eval_set, truncation = tokenize_pairs(eval_pairs, tokenizer, cfg.max_length)
@@ -136,6 +150,7 @@ def training_arguments(cfg: TrainConfig, has_eval: bool) -> TrainingArguments:
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),
         report_to=[] if cfg.report_to == "none" else cfg.report_to.split(","),
+        logging_nan_inf_filter=False,  # a non-finite loss is shown as it is (and stops the run: hafrm.guard)
     )
 
 
@@ -146,7 +161,11 @@ def run_config(cfg: TrainConfig, objective: Objective) -> dict:
         "base_model": cfg.model,
         "reward_head": objective.uses_reward_head,
         "reference": "base_model" if objective.needs_reference else None,
-        **{key: value for key, value in asdict(cfg).items() if key not in {"model", "resume", "output_dir"}},
+        **{
+            key: value
+            for key, value in asdict(cfg).items()
+            if key not in {"model", "resume", "overwrite", "output_dir"}
+        },
         "data": cfg.data or BUILTIN,
     }
 
@@ -186,14 +205,48 @@ def packing_holds(model, row: dict, objective: Objective) -> bool:
 
 
 def train(cfg: TrainConfig, callbacks: list | None = None) -> dict:
-    """Run one training job; `callbacks` are extra `transformers.TrainerCallback`s (timers, trackers)."""
+    """Run one training job; `callbacks` are extra `transformers.TrainerCallback`s (timers, trackers).
+
+    The output directory is locked for the run (`hafrm.rundir`); training stops with `TrainingStopped`
+    at the first non-finite loss, gradient norm, reward or weight (`hafrm.guard`).
+    """
+    state = PartialState(cpu=on_cpu())
+    run_dir = RunDirectory(cfg.output_dir)
+    # One process holds the lock; under `accelerate launch` the others follow the main process.
+    with run_dir.hold() if state.is_main_process else contextlib.nullcontext():
+        if state.is_main_process:
+            for note in run_dir.prepare(cfg.resume, cfg.overwrite):
+                say(note)
+        return _train(cfg, run_dir, state, callbacks)
+
+
+def data_fingerprint(dataset) -> str:
+    """Token ids, prompt lengths and margins of a tokenised set: what a resumed run must train on again."""
+    margins = dataset["margin"] if "margin" in dataset.column_names else []
+    return hashlib.sha256(f"{dataset_fingerprint(dataset)}|{margins}".encode()).hexdigest()[:16]
+
+
+def run_identity(cfg: TrainConfig, objective: Objective, model, tokenizer, train_set, eval_set) -> dict:
+    """hafrm.json's content, with fingerprints of the base weights, the tokenizer's pad and the data."""
+    return {
+        **run_config(cfg, objective),
+        "fingerprints": {
+            "base_weights": model_fingerprint(model),
+            "pad_token_id": tokenizer.pad_token_id,
+            "train_data": data_fingerprint(train_set),
+            "validation_data": data_fingerprint(eval_set) if eval_set is not None else None,
+        },
+    }
+
+
+def _train(cfg: TrainConfig, run_dir: RunDirectory, state: PartialState, callbacks: list | None) -> dict:
     set_seed(cfg.seed)
     objective = objective_from(cfg)
     for engine in engines_ignored():
         say(f"note: no GPU here: accelerate runs this {engine} config as plain data parallel on the CPU (no sharding)")
-    # Under `accelerate launch` the main process converts the default model, reads the data and
-    # fills the reference cache first; the other processes then read all of it from the caches.
-    with PartialState(cpu=on_cpu()).main_process_first():
+    # Under `accelerate launch` the main process converts the default model, reads the data, picks the
+    # checkpoint to resume from and fills the reference cache first; the others then read all of it.
+    with state.main_process_first():
         model, tokenizer = load_base_model(
             cfg.model, with_score_head=objective.uses_reward_head, seed=cfg.seed, keep_dropout=cfg.keep_dropout
         )
@@ -202,6 +255,14 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> dict:
         collator = PairCollator(pad_token_id=tokenizer.pad_token_id, padding_side=cfg.padding_side)
         collator.packing = cfg.packing and packing_holds(model, train_set[0], objective)
         cfg = replace(cfg, packing=collator.packing)  # hafrm.json records what ran
+        identity = run_identity(cfg, objective, model, tokenizer, train_set, eval_set)
+        checkpoint, notes = run_dir.resume_point(cfg.resume, main_process=state.is_main_process)
+        for note in notes:
+            say(note)
+        for note in run_dir.check_same_run(identity, checkpoint):
+            say(note)
+        if state.is_main_process:
+            run_dir.start(identity)
         if objective.needs_reference and cfg.reference == "cache":
             batch = cfg.eval_batch_size or cfg.batch_size
             train_set = add_reference_logps(model, train_set, collator, batch)
@@ -216,11 +277,14 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> dict:
         data_collator=collator,
         processing_class=tokenizer,
         objective=objective,
-        run_config=run_config(cfg, objective),
+        run_config=identity,
+        guard=NumericalGuard(cfg.lr, cfg.beta, objective.uses_policy_head, train_set, say),
         callbacks=callbacks,
     )
-    resume = True if cfg.resume in {"last", "true", "True"} else cfg.resume
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except TrainingStopped as stop:
+        raise TrainingStopped(f"{stop}. {kept_so_far(trainer)}") from None
     if eval_set is not None:
         trainer.evaluate()  # log the kept (best) checkpoint's figures last
     trainer.save_model(cfg.output_dir)
@@ -229,6 +293,20 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> dict:
         record_reward_moments(cfg.output_dir, summary["final"]["eval_reward_mean"], summary["final"]["eval_reward_std"])
     print_summary(summary, cfg)
     return summary
+
+
+def kept_so_far(trainer: HybridTrainer) -> str:
+    """Where a stopped run's last good weights are."""
+    state = trainer.state
+    if state.best_model_checkpoint:
+        return (
+            f"Nothing from this step on was saved; the best checkpoint is {state.best_model_checkpoint} "
+            f"(validation accuracy {state.best_metric:.4f})"
+        )
+    saved = RunDirectory(trainer.args.output_dir).checkpoints()
+    if saved:
+        return f"Nothing from this step on was saved; the newest checkpoint is {saved[-1]}"
+    return "No checkpoint had been saved yet"
 
 
 def record_reward_moments(output_dir: str, mean: float, std: float) -> None:

@@ -16,10 +16,14 @@ from collections import defaultdict
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from transformers import Trainer
+from transformers.trainer_utils import rotate_checkpoints
 
 from .checkpoint import update_config_json, write_adapter_note, write_hafrm_config
+from .guard import NumericalGuard
 from .objective import Objective
+from .rundir import CheckpointWriteError, write_manifest
 
 
 def pairwise_metrics(eval_prediction) -> dict[str, float]:
@@ -40,13 +44,65 @@ def pairwise_metrics(eval_prediction) -> dict[str, float]:
 
 
 class HybridTrainer(Trainer):
-    def __init__(self, *args, objective: Objective, run_config: dict, **kwargs):
-        super().__init__(*args, compute_metrics=pairwise_metrics, **kwargs)
+    def __init__(self, *args, objective: Objective, run_config: dict, guard: NumericalGuard | None = None, **kwargs):
+        super().__init__(*args, compute_metrics=self._pairwise_metrics, **kwargs)
         # Our loss is a mean over pairs, not a token sum: let Trainer scale it for accumulation.
         self.model_accepts_loss_kwargs = False
         self.objective = objective
         self.run_config = run_config  # written as hafrm.json beside every checkpoint
+        self.guard = guard or NumericalGuard(self.args.learning_rate, objective.beta, objective.uses_policy_head)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def _pairwise_metrics(self, eval_prediction) -> dict[str, float]:
+        rewards = torch.as_tensor(np.asarray(eval_prediction.predictions)[:, :2])
+        self.guard.check_rewards(rewards, self.state.global_step)
+        return pairwise_metrics(eval_prediction)
+
+    def _all_processes(self, flag: bool) -> bool:
+        """Whether `flag` holds on any process (so that every process stops together)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        total = self.accelerator.reduce(torch.tensor(float(flag), device=self.accelerator.device), reduction="sum")
+        return bool(total.item() > 0)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if self._all_processes(not finite):
+            what = f"the loss is {loss.item()}" if not finite else "the loss is not finite on another process"
+            self.guard.stop(self.state.global_step + 1, what, inputs)
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # Called after backward and clipping, before optimizer.step: a non-finite norm stops the run here.
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        skipped = self.state.global_step > 0 and self.accelerator.optimizer_step_was_skipped
+        self.guard.check_grad_norm(grad_norm, self.state.global_step + 1, previous_step_skipped=skipped)
+        return grad_norm
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Save only finite weights; mark the checkpoint complete (manifest) before older ones are rotated away."""
+        self.guard.check_weights(self.model, self.state.global_step)
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        folder = f"{self._get_output_dir(trial=trial)}/checkpoint-{self.state.global_step}"
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError, SafetensorError) as error:  # torch.save's full disk is a RuntimeError
+            raise CheckpointWriteError(
+                f"could not write {folder} ({type(error).__name__}: {error}); earlier checkpoints are untouched: "
+                "free space and run again with --resume"
+            ) from error
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            write_manifest(folder)
+            rotate_checkpoints(
+                output_dir=self._get_output_dir(trial=trial),
+                save_total_limit=limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, metrics, scores = self.objective(model, inputs)

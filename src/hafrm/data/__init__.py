@@ -1,6 +1,11 @@
 """Preference data: readers and row rules (`formats`, `converters`, `sources`, `builtin`), `--data`
-values with mixtures and splits (`load`), tokenisation with truncation counts (`tokenize`),
-batching (`collator`), and data-set statistics (`stats`)."""
+values with mixtures and splits and the bad rows they skip (`load`), tokenisation with truncation
+counts (`tokenize`), batching (`collator`), and data-set statistics (`stats`).
+
+    from hafrm.data import load_data, write_skipped_rows
+    pairs, reports = load_data("pairs.jsonl", skip_bad_rows=True)
+    write_skipped_rows(reports, "run/skipped-rows.jsonl")   # every skipped row: row, line, field, reason
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import random
 
 from .collator import PairCollator
 from .formats import BadRow, DataError, FilteredRow, PreferencePair
-from .load import BUILTIN, LoadReport, load_data, read_pairs
+from .load import BUILTIN, LoadReport, SkippedRow, load_data, read_pairs, write_skipped_rows
 from .tokenize import TruncationReport, tokenize_pairs
 
 __all__ = [
@@ -19,11 +24,13 @@ __all__ = [
     "LoadReport",
     "PairCollator",
     "PreferencePair",
+    "SkippedRow",
     "TruncationReport",
     "load_data",
     "read_pairs",
     "split_validation",
     "tokenize_pairs",
+    "write_skipped_rows",
 ]
 
 

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from .formats import BadRow, DataError, FilteredRow
+from .sources import SOURCES, convert_hh, is_hh_row
 
 Converter = Callable[[dict], dict]
 
@@ -29,9 +30,9 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 def _text(row: dict, field: str) -> str:
     value = row.get(field)
     if field not in row:
-        raise BadRow("missing field", f"missing field `{field}`")
+        raise BadRow("missing field", f"missing field `{field}`", field)
     if not isinstance(value, str):
-        raise BadRow("non-text field", f"`{field}` must be a string, got {type(value).__name__}")
+        raise BadRow("non-text field", f"`{field}` must be a string, got {type(value).__name__}", field)
     return value
 
 
@@ -47,13 +48,13 @@ def from_trl(row: dict) -> dict:
 
 def _sharegpt_message(message, field: str) -> dict:
     if not isinstance(message, dict):
-        raise BadRow("non-text field", f"`{field}` must hold messages, got {type(message).__name__}")
+        raise BadRow("non-text field", f"`{field}` must hold messages, got {type(message).__name__}", field)
     role = message.get("from", message.get("role"))
     content = message.get("value", message.get("content"))
-    if role not in SHAREGPT_ROLES:
-        raise BadRow("unknown role", f"`{field}` has a message from {role!r}; known: {sorted(SHAREGPT_ROLES)}")
+    if not isinstance(role, str) or role not in SHAREGPT_ROLES:  # str first: a list role is unhashable
+        raise BadRow("unknown role", f"`{field}` has a message from {role!r}; known: {sorted(SHAREGPT_ROLES)}", field)
     if not isinstance(content, str):
-        raise BadRow("non-text field", f"`{field}` has a message whose text is {type(content).__name__}")
+        raise BadRow("non-text field", f"`{field}` has a message whose text is {type(content).__name__}", field)
     return {"role": SHAREGPT_ROLES[role], "content": content}
 
 
@@ -61,15 +62,15 @@ def from_sharegpt(row: dict) -> dict:
     """{conversations: [msg...], chosen: msg, rejected: msg} -> conversational TRL row."""
     conversations = row.get("conversations")
     if not isinstance(conversations, list) or not conversations:
-        raise BadRow("missing field", "`conversations` must be a non-empty list of messages")
+        raise BadRow("missing field", "`conversations` must be a non-empty list of messages", "conversations")
     prompt = [_sharegpt_message(m, "conversations") for m in conversations]
     responses = {}
     for field in ("chosen", "rejected"):
         if field not in row:
-            raise BadRow("missing field", f"missing field `{field}`")
+            raise BadRow("missing field", f"missing field `{field}`", field)
         message = _sharegpt_message(row[field], field)
         if message["role"] != "assistant":
-            raise BadRow("no final assistant turn", f"`{field}` must be an assistant (gpt) message")
+            raise BadRow("no final assistant turn", f"`{field}` must be an assistant (gpt) message", field)
         responses[field] = [message]
     return {"prompt": prompt, **responses}
 
@@ -79,22 +80,25 @@ def from_pandalm(row: dict) -> dict:
     votes = Counter()
     for field in ("annotator1", "annotator2", "annotator3"):
         vote = row.get(field)
-        if vote not in (0, 1, 2):
-            raise BadRow("bad label", f"`{field}` must be 0, 1 or 2, got {vote!r}")
+        if isinstance(vote, bool) or vote not in (0, 1, 2):  # True == 1 would count as a vote for response 1
+            raise BadRow("bad label", f"`{field}` must be 0, 1 or 2, got {vote!r}", field)
         votes[vote] += 1
     label, count = votes.most_common(1)[0]
     if count < 2 or label == 0:
         raise FilteredRow("tie")
     responses = [_text(row, "response1"), _text(row, "response2")]
-    prompt = _instruction_prompt(_text(row, "instruction"), row.get("input"))
+    extra_input = row.get("input")
+    if extra_input is not None and not isinstance(extra_input, str):
+        raise BadRow("non-text field", f"`input` must be a string, got {type(extra_input).__name__}", "input")
+    prompt = _instruction_prompt(_text(row, "instruction"), extra_input)
     return {"prompt": prompt, "chosen": responses[label - 1], "rejected": responses[2 - label]}
 
 
 def from_llmbar(row: dict) -> dict:
     """{input, output_1, output_2, label}: label 1 or 2 names the better output."""
     label = row.get("label")
-    if label not in (1, 2):
-        raise BadRow("bad label", f"`label` must be 1 or 2, got {label!r}")
+    if isinstance(label, bool) or label not in (1, 2):
+        raise BadRow("bad label", f"`label` must be 1 or 2, got {label!r}", "label")
     outputs = [_text(row, "output_1"), _text(row, "output_2")]
     pair = {"prompt": _text(row, "input"), "chosen": outputs[label - 1], "rejected": outputs[2 - label]}
     if "subset" in row:
@@ -102,21 +106,15 @@ def from_llmbar(row: dict) -> dict:
     return pair
 
 
-def _hh_converter() -> Converter:
-    from .sources import convert_hh
-
-    return convert_hh
-
-
-CONVERTERS: dict[str, Callable[[], Converter]] = {
-    "trl": lambda: from_trl,
-    "hh": _hh_converter,
-    "sharegpt": lambda: from_sharegpt,
-    "pandalm": lambda: from_pandalm,
-    "llmbar": lambda: from_llmbar,
+CONVERTERS: dict[str, Converter] = {
+    "trl": from_trl,
+    "hh": convert_hh,
+    "sharegpt": from_sharegpt,
+    "pandalm": from_pandalm,
+    "llmbar": from_llmbar,
 }
 # Every named source is a format too (`--format beaver-safe` reads a file in PKU-SafeRLHF's schema).
-SOURCE_FORMATS = ("hh-harmless", "hh-helpful", "beaver-safe", "alpaca-human-pref", "chatbot-arena")
+SOURCE_FORMATS = tuple(SOURCES)
 FORMATS = ("auto", *CONVERTERS, *SOURCE_FORMATS)
 
 # Fields that identify a format, checked in this order (the first whose fields are all present wins).
@@ -138,20 +136,17 @@ def detect_format(row: dict, location: str = "data") -> str:
         if fields <= row.keys():
             return name
     if {"chosen", "rejected"} <= row.keys():
-        from .sources import is_hh_row
-
         return "hh" if is_hh_row(row) else "trl"
     raise DataError(
-        f"{location}: cannot tell the format from the fields {sorted(row)}; "
+        f"{location}: row 0: cannot tell the format from the fields {sorted(row)}; "
         f"pass --format (one of {', '.join(FORMATS[1:])}); see docs/data.md"
     )
 
 
 def converter_for(name: str) -> Converter:
+    """The row converter of a format name (one of FORMATS but `auto`)."""
     if name in CONVERTERS:
-        return CONVERTERS[name]()
-    from .sources import SOURCES
-
+        return CONVERTERS[name]
     if name in SOURCES:
         return SOURCES[name].convert
     raise DataError(f"unknown format {name!r}; choose from {', '.join(FORMATS)}")

@@ -15,19 +15,35 @@ WEIGHT resamples that item: 0.5 keeps half its pairs, 2 uses every pair twice (s
 `mixture="even"` every item is first cut to the size of the smallest, as in the paper's mixed
 experiment. Every pair carries its item's name as `source`, which evaluation reports per.
 
-Rows that cannot be used stop the load with file, row and reason; with `skip_bad_rows` they are left
-out and counted per reason. Rows a source's own rule leaves out (ties, ...) are always counted.
+Rows that cannot be used stop the load with one line naming file, row (and line), field and reason;
+with `skip_bad_rows` they are left out, counted per reason, listed in `LoadReport.skipped`, and
+`write_skipped_rows` saves them all. Rows a source's own rule leaves out (ties, ...) are always counted.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .builtin import SPLITS as BUILTIN_SPLITS
+from .builtin import builtin_rows
 from .converters import converter_for, detect_format
-from .formats import BadRow, DataError, FilteredRow, PreferencePair, read_rows, to_pair
+from .formats import (
+    BadRow,
+    DataError,
+    FilteredRow,
+    PreferencePair,
+    bad_row_message,
+    read_rows_and_lines,
+    to_pair,
+    undecodable_text,
+)
+from .sources import SOURCES, carve_split, load_source
 
 BUILTIN = "builtin"
 
@@ -45,25 +61,82 @@ class DataItem:
         return f"{base}:{self.split}" if self.split else base
 
 
+@dataclass(frozen=True)
+class SkippedRow:
+    """A bad row left out with --skip-bad-rows: its index in the item's rows, and why."""
+
+    row: int
+    reason: str  # BadRow.reason, the category it is counted under
+    field: str | None  # the column at fault, None for the row as a whole
+    detail: str
+    line: int | None = None  # 1-based line in a JSON-lines file, where known
+
+
+SHOWN_ROWS = 5  # skipped row numbers a summary lists per reason; write_skipped_rows has them all
+
+
+def _row_numbers(rows: list[int]) -> str:
+    shown = ", ".join(str(row) for row in rows[:SHOWN_ROWS])
+    return f"row {shown}" if len(rows) == 1 else f"rows {shown}" + (", ..." if len(rows) > SHOWN_ROWS else "")
+
+
 @dataclass
 class LoadReport:
     source: str
     location: str
     rows: int = 0
     pairs: int = 0
-    bad: Counter = field(default_factory=Counter)  # reason -> rows skipped with --skip-bad-rows
+    skipped: list[SkippedRow] = field(default_factory=list)  # rows left out with --skip-bad-rows, in row order
     filtered: Counter = field(default_factory=Counter)  # reason -> rows the source's rule leaves out
     used: int | None = None  # pairs after mixture weighting, when it changed the count
 
+    @property
+    def bad(self) -> Counter:
+        """reason -> rows skipped with --skip-bad-rows."""
+        return Counter(skipped.reason for skipped in self.skipped)
+
     def summary(self) -> str:
+        """One line: pairs, rows, what was left out; skipped rows show their first row numbers per reason.
+
+        'd.jsonl: 4 pairs from 6 rows (d.jsonl); skipped bad rows: identical responses 1 (row 4), ...'
+        """
         text = f"{self.source}: {self.pairs} pairs from {self.rows} rows ({self.location})"
         if self.filtered:
             text += "; left out by the source's rule: " + ", ".join(f"{r} {n}" for r, n in self.filtered.most_common())
-        if self.bad:
-            text += "; skipped bad rows: " + ", ".join(f"{r} {n}" for r, n in self.bad.most_common())
+        if self.skipped:
+            rows_by_reason: dict[str, list[int]] = {}
+            for skipped in self.skipped:
+                rows_by_reason.setdefault(skipped.reason, []).append(skipped.row)
+            text += "; skipped bad rows: " + ", ".join(
+                f"{reason} {len(rows_by_reason[reason])} ({_row_numbers(rows_by_reason[reason])})"
+                for reason, _ in self.bad.most_common()
+            )
         if self.used is not None and self.used != self.pairs:
             text += f"; {self.used} used in the mixture"
         return text
+
+
+def write_skipped_rows(reports: Iterable[LoadReport], path: str | Path) -> int:
+    """Write every skipped row of `reports` to `path` as JSON lines -> how many rows were written.
+
+        if any(report.skipped for report in reports):
+            write_skipped_rows(reports, Path(output_dir) / "skipped-rows.jsonl")
+
+    One line per row: {"source", "location", "row", "line", "field", "reason", "detail"} (`line` null
+    outside JSON-lines files). The file is written under a temporary name and renamed, so a reader
+    never sees half of it; with nothing skipped it is an empty file.
+    """
+    path = Path(path)
+    lines = [
+        json.dumps({"source": report.source, "location": report.location, **asdict(skipped)})
+        for report in reports
+        for skipped in report.skipped
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text("".join(line + "\n" for line in lines))
+    os.replace(partial, path)
+    return len(lines)
 
 
 def _parse_weight(text: str) -> float | None:
@@ -94,56 +167,71 @@ def parse_spec(text: str) -> list[DataItem]:
     return items
 
 
-def _carve_file(rows: list, split: str, location: str) -> list:
+def _carve_file(rows: list, lines: list[int] | None, split: str, location: str) -> tuple[list, list[int] | None]:
     if split not in ("train", "test"):
         raise DataError(f"{location}: a file's split is `train` (90%) or `test` (10%), not {split!r}")
-    from .sources import carve_split  # the same fixed 90/10 carve as the single-split named sources
+    # The same fixed 90/10 carve as the single-split named sources; it depends on the count alone,
+    # so carving the line numbers the same way keeps each row's line.
+    return carve_split(rows, split), None if lines is None else carve_split(lines, split)
 
-    return carve_split(rows, split)
 
-
-def raw_rows(item: DataItem, default_split: str) -> tuple[list, str, str]:
-    """-> (rows, location, format hint or "auto") for one item."""
+def raw_rows(item: DataItem, default_split: str) -> tuple[list, list[int] | None, str, str]:
+    """-> (rows, their 1-based lines in a JSON-lines file or None, location, format hint or "auto") for one item."""
     if item.target == BUILTIN:
-        from .builtin import builtin_rows
-
         split = item.split or default_split
-        return builtin_rows(split), f"hafrm built-in set, {split} split", "trl"
-    from .sources import SOURCES, load_source
-
+        return builtin_rows(split), None, f"hafrm built-in set, {split} split", "trl"
     if item.target in SOURCES:
         rows, location = load_source(item.target, item.split or default_split)
-        return rows, location, item.target
+        return rows, None, location, item.target
     if Path(item.target).is_file():
-        rows = read_rows(item.target)
+        rows, lines = read_rows_and_lines(item.target)
         if item.split:
-            rows = _carve_file(rows, item.split, item.target)
-        return rows, item.target if not item.split else f"{item.target} ({item.split} part)", "auto"
+            rows, lines = _carve_file(rows, lines, item.split, item.target)
+        return rows, lines, item.target if not item.split else f"{item.target} ({item.split} part)", "auto"
     spec = f"{item.target}:{item.split}" if item.split else item.target
-    return read_rows(spec), spec, "auto"
+    rows, lines = read_rows_and_lines(spec)
+    return rows, lines, spec, "auto"
 
 
-def convert_rows(rows: list, source: str, location: str, fmt: str, skip_bad_rows: bool):
-    """Raw rows -> (pairs, LoadReport); a bad row raises DataError unless skipped."""
+def _gives_prompts(rows: list) -> bool:
+    """Whether a TRL-format data set gives its prompts: then every row must (any row decides, so that
+    a first row without one is caught as well as a later one)."""
+    return any(isinstance(row, dict) and row.get("prompt") is not None for row in rows)
+
+
+def _row_pair(row, convert, source: str, index: int, explicit_prompt: bool) -> PreferencePair:
+    """One raw row -> PreferencePair, or BadRow / FilteredRow."""
+    if not isinstance(row, dict):
+        raise BadRow("not an object", f"expected a JSON object, got {type(row).__name__}")
+    undecodable = undecodable_text(row)  # on the raw row, so the file's own column is named
+    if undecodable:
+        raise undecodable
+    return to_pair(convert(row), source, index, explicit_prompt)
+
+
+def convert_rows(rows: list, source: str, location: str, fmt: str, skip_bad_rows: bool, lines: list[int] | None = None):
+    """Raw rows -> (pairs, LoadReport); a bad row raises a one-line DataError unless skipped.
+
+    `lines[i]` is the line of `rows[i]` in a JSON-lines file, named in errors and skipped rows.
+    """
     if not rows:
         raise DataError(f"{location}: no rows")
-    convert = converter_for(detect_format(rows[0], location) if fmt == "auto" else fmt)
+    fmt = detect_format(rows[0], location) if fmt == "auto" else fmt
+    convert = converter_for(fmt)
+    explicit_prompt = fmt != "trl" or _gives_prompts(rows)  # other formats' converters always give a prompt
     report = LoadReport(source, location, rows=len(rows))
     pairs = []
     for index, row in enumerate(rows):
         try:
-            if not isinstance(row, dict):
-                raise BadRow("not an object", f"expected a JSON object, got {type(row).__name__}")
-            pair = to_pair(convert(row), source, index)
+            pairs.append(_row_pair(row, convert, source, index, explicit_prompt))
         except FilteredRow as rule:
             report.filtered[rule.reason] += 1
-            continue
         except BadRow as error:
+            line = lines[index] if lines is not None else None
             if not skip_bad_rows:
-                raise DataError(f"{location}: row {index}: {error} (--skip-bad-rows leaves such rows out)") from None
-            report.bad[error.reason] += 1
-            continue
-        pairs.append(pair)
+                hint = "--skip-bad-rows leaves such rows out"
+                raise DataError(bad_row_message(location, index, error, line, hint)) from None
+            report.skipped.append(SkippedRow(index, error.reason, error.field, error.detail, line))
     report.pairs = len(pairs)
     if not pairs:
         raise DataError(f"{location}: no usable pairs ({report.summary()})")
@@ -170,9 +258,9 @@ def load_data(
     items = parse_spec(text)
     loaded = []
     for item in items:
-        rows, location, hint = raw_rows(item, default_split)
+        rows, lines, location, hint = raw_rows(item, default_split)
         item_format = fmt if fmt != "auto" else hint
-        loaded.append((item, *convert_rows(rows, item.name, location, item_format, skip_bad_rows)))
+        loaded.append((item, *convert_rows(rows, item.name, location, item_format, skip_bad_rows, lines)))
     smallest = min(len(pairs) for _, pairs, _ in loaded)
     rng = random.Random(seed)
     mixed, reports = [], []
@@ -195,9 +283,5 @@ def read_pairs(text: str, fmt: str = "auto", skip_bad_rows: bool = False) -> lis
 def has_split(target: str, split: str) -> bool:
     """Whether a single named source offers `split` (the built-in set has a validation split)."""
     if target == BUILTIN:
-        from .builtin import SPLITS
-
-        return split in SPLITS
-    from .sources import SOURCES
-
+        return split in BUILTIN_SPLITS
     return target in SOURCES and split in SOURCES[target].splits

@@ -52,16 +52,16 @@ def _texts(row: dict, *fields: str) -> list[str]:
     for field in fields:
         value = row.get(field)
         if value is None:
-            raise BadRow("missing field", f"`{field}`")
+            raise BadRow("missing field", f"`{field}`", field)
         if not isinstance(value, str):
-            raise BadRow("non-text field", f"`{field}` is {type(value).__name__}")
+            raise BadRow("non-text field", f"`{field}` is {type(value).__name__}", field)
         values.append(value)
     return values
 
 
-def _user(prompt: str) -> Messages:
+def _user(prompt: str, field: str) -> Messages:
     if not prompt.strip():
-        raise BadRow("empty prompt")
+        raise BadRow("empty prompt", f"`{field}` is empty or only whitespace", field)
     return [{"role": "user", "content": prompt.strip()}]
 
 
@@ -101,10 +101,11 @@ def _parse_hh(transcript: str, field: str) -> Messages:
         transcript = "\n\n" + transcript
     pieces = _HH_TURN.split(transcript)  # ["", role, text, role, text, ...]
     if pieces[0].strip() or len(pieces) < 5:
-        raise BadRow("unparsable transcript", f"`{field}` is not a Human/Assistant dialogue")
+        raise BadRow("unparsable transcript", f"`{field}` is not a Human/Assistant dialogue", field)
     turns = [{"role": _HH_ROLES[role], "content": text.strip()} for role, text in zip(pieces[1::2], pieces[2::2])]
     if turns[0]["role"] != "user" or turns[-1]["role"] != "assistant":
-        raise BadRow("unparsable transcript", f"`{field}` must start with a Human turn and end with an Assistant one")
+        detail = f"`{field}` must start with a Human turn and end with an Assistant one"
+        raise BadRow("unparsable transcript", detail, field)
     return turns
 
 
@@ -134,11 +135,12 @@ def convert_beaver_safe(row: dict) -> dict:
     for index, label in enumerate(safe):
         if not isinstance(label, bool):
             reason = "missing field" if label is None else "invalid label"
-            raise BadRow(reason, f"`is_response_{index}_safe` must be true or false, got {label!r}")
+            field = f"is_response_{index}_safe"
+            raise BadRow(reason, f"`{field}` must be true or false, got {label!r}", field)
     if safe[0] == safe[1]:
         raise FilteredRow("not exactly one safe response")
     chosen, rejected = (response_0, response_1) if safe[0] else (response_1, response_0)
-    return _pair(_user(prompt), chosen, rejected)
+    return _pair(_user(prompt, "prompt"), chosen, rejected)
 
 
 # --- AlpacaFarm human preferences -----------------------------------------------------------------------------
@@ -149,13 +151,13 @@ def convert_alpaca_human_pref(row: dict) -> dict:
     instruction, output_1, output_2 = _texts(row, "instruction", "output_1", "output_2")
     extra = row.get("input") or ""
     if not isinstance(extra, str):
-        raise BadRow("non-text field", f"`input` is {type(extra).__name__}")
+        raise BadRow("non-text field", f"`input` is {type(extra).__name__}", "input")
     preference = row.get("preference")
     if isinstance(preference, bool) or preference not in (1, 2):
-        raise BadRow("invalid label", f"`preference` must be 1 or 2, got {preference!r}")
+        raise BadRow("invalid label", f"`preference` must be 1 or 2, got {preference!r}", "preference")
     prompt = f"{instruction.strip()}\n\n{extra.strip()}" if extra.strip() else instruction
     chosen, rejected = (output_1, output_2) if preference == 1 else (output_2, output_1)
-    return _pair(_user(prompt), chosen, rejected)
+    return _pair(_user(prompt, "instruction"), chosen, rejected)
 
 
 # --- Chatbot Arena conversations ------------------------------------------------------------------------------
@@ -167,31 +169,32 @@ _ARENA_TIES = ("tie", "tie (bothbad)")
 def _arena_turn(row: dict, field: str) -> tuple[str, str]:
     conversation = row.get(field)
     if conversation is None:
-        raise BadRow("missing field", f"`{field}`")
+        raise BadRow("missing field", f"`{field}`", field)
     messages = conversation if isinstance(conversation, list) else []
     roles = [message.get("role") if isinstance(message, dict) else None for message in messages]
     if roles != ["user", "assistant"] or not all(isinstance(message.get("content"), str) for message in messages):
-        raise BadRow("unparsable conversation", f"`{field}` is not one user message and one assistant reply")
+        detail = f"`{field}` is not one user message and one assistant reply"
+        raise BadRow("unparsable conversation", detail, field)
     return conversation[0]["content"], conversation[1]["content"]
 
 
 def convert_chatbot_arena(row: dict) -> dict:
     """Single-turn, decided battles only; chosen = the winner's reply (the paper's rule)."""
     if row.get("turn") is None:
-        raise BadRow("missing field", "`turn`")
+        raise BadRow("missing field", "`turn`", "turn")
     if row["turn"] != 1:
         raise FilteredRow("multi-turn")
     winner = row.get("winner")
     if winner in _ARENA_TIES:
         raise FilteredRow("tie")
-    if winner not in _ARENA_SIDES:
-        raise BadRow("invalid label", f"`winner` must be model_a, model_b or a tie, got {winner!r}")
+    if not isinstance(winner, str) or winner not in _ARENA_SIDES:  # str first: a list is unhashable
+        raise BadRow("invalid label", f"`winner` must be model_a, model_b or a tie, got {winner!r}", "winner")
     winner_field, loser_field = _ARENA_SIDES[winner]
     prompt, chosen = _arena_turn(row, winner_field)
     other_prompt, rejected = _arena_turn(row, loser_field)
     if prompt.strip() != other_prompt.strip():
         raise BadRow("different prompts", "conversation_a and conversation_b start with different user messages")
-    return _pair(_user(prompt), chosen, rejected)
+    return _pair(_user(prompt, winner_field), chosen, rejected)
 
 
 # --- the registry ---------------------------------------------------------------------------------------------

@@ -38,6 +38,24 @@ class TruncationReport:
             f"longest sequence {self.longest} tokens"
         )
 
+    def warning(self, max_length: int) -> str | None:
+        """One line when more than half the pairs lost tokens at `max_length` (the trainer prints it), else None.
+
+        Past half, the reward is learnt mostly from cut responses, whose endings (where chosen and rejected
+        usually differ) are gone. The share is a lower bound, the larger of the two counts: the report does not
+        keep which pairs lost both prompt and response tokens.
+        """
+        truncated = max(self.prompt_truncated, self.response_truncated)
+        if self.pairs == 0 or truncated * 2 <= self.pairs:
+            return None
+        whole = 1 << max(self.longest - 1, 1).bit_length()  # the power of two that holds the longest pair
+        share = "all" if truncated == self.pairs else f"at least {truncated / self.pairs:.0%}"
+        return (
+            f"warning: {share} of the {self.pairs} pairs are truncated at "
+            f"--max-length {max_length} (the longest has {self.longest} tokens); raise --max-length "
+            f"({whole} keeps every pair whole)"
+        )
+
 
 def fit_to_length(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], max_length: int):
     """Cut the shared prompt from its start (to no less than half the budget), then responses from the end."""

