@@ -53,3 +53,24 @@ def test_score_benchmark_loops_agree(tiny_model, pairs_file):
     assert re.search(r"^hafrm / fixed: [\d.]+ / ", out, re.MULTILINE)
     difference = float(re.search(r"difference between the loops: (\S+) \((\d+) untruncated", out).group(1))
     assert difference < 1e-4  # hafrm's scorer gives the sequence classifier's rewards
+
+
+def test_serve_benchmark_loads_every_server(tiny_model, pairs_file, tmp_path):
+    from hafrm.cli import main
+
+    run_dir = tmp_path / "rm"
+    argv = ["train", "--model", tiny_model, "--data", str(pairs_file), "--output-dir", str(run_dir), "--method", "rm",
+            "--max-length", "96", "--max-steps", "1", "--val-fraction", "0"]  # fmt: skip
+    assert main(argv) == 0
+    report = tmp_path / "serve.json"
+    out = run(
+        "serve.py",
+        *("--model", str(run_dir), "--data", str(pairs_file), "--requests", "6", "--concurrency", "1,3"),
+        *("--max-length", "96", "--json", str(report)),
+    )
+    rows = json.loads(report.read_text())
+    assert [(row["server"], row["concurrency"]) for row in rows] == [
+        (server, concurrency) for server in ("hafrm-batched", "hafrm-unbatched", "plain-loop") for concurrency in (1, 3)
+    ]
+    assert all(row["requests"] == 6 and row["texts_per_s"] > 0 and row["p99_s"] >= row["p50_s"] for row in rows)
+    assert "| hafrm-batched | 3 |" in out

@@ -355,13 +355,13 @@ def test_an_unknown_command_suggests_the_closest_and_lists_all(capsys):
     assert main(["traim"]) == 2
     assert capsys.readouterr().err == (
         "hafrm: unknown command 'traim' (did you mean 'train'?)\n"
-        "commands: train, eval, score, export, bon, rlhf, data, experiment\n"
+        "commands: train, eval, score, export, bon, rlhf, serve, data, experiment\n"
         "(hafrm COMMAND --help lists the flags)\n"
     )
     assert main(["zzz"]) == 2
     assert capsys.readouterr().err.startswith("hafrm: unknown command 'zzz'\ncommands: train, eval,")
     assert main(["--help"]) == 0
-    assert capsys.readouterr().out.startswith("usage: hafrm {train,eval,score,export,bon,rlhf}")
+    assert capsys.readouterr().out.startswith("usage: hafrm {train,eval,score,export,bon,rlhf,serve}")
     assert main([]) == 2
 
 

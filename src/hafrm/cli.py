@@ -6,6 +6,7 @@
     hafrm export --model runs/haf --output-dir runs/haf-merged
     hafrm bon --prompts builtin:test --n 8 --reward runs/haf,runs/rm --output-dir runs/bon
     hafrm rlhf --reward runs/haf --max-steps 50 --output-dir runs/rlhf-haf
+    hafrm serve --model runs/haf --port 5000
 
 Every command takes `--config FILE.yaml` with the same field names; flags override the file.
 """
@@ -22,6 +23,7 @@ from .config import (
     ExportConfig,
     RlhfConfig,
     ScoreConfig,
+    ServeConfig,
     StatsConfig,
     TrainConfig,
     parse_config,
@@ -41,10 +43,11 @@ COMMANDS = {
     "export": ExportConfig,
     "bon": BonConfig,
     "rlhf": RlhfConfig,
+    "serve": ServeConfig,
     "data": StatsConfig,
 }
 USAGE = (
-    "usage: hafrm {train,eval,score,export,bon,rlhf} [--config FILE.yaml] [--flags ...]\n"
+    "usage: hafrm {train,eval,score,export,bon,rlhf,serve} [--config FILE.yaml] [--flags ...]\n"
     "       hafrm data stats NAME... [--max-length L] [--model M]\n"
     "       hafrm experiment CONFIG.yaml [--dry-run]\n"
     "(hafrm COMMAND --help lists the flags)"
@@ -120,6 +123,10 @@ def run(command: str, cfg) -> object:
         from .bon import run_bon
 
         return run_bon(cfg)
+    if command == "serve":
+        from .serve import run_serve
+
+        return run_serve(cfg)
     if command == "data":
         from .checkpoint import load_tokenizer
         from .data.stats import data_stats, print_table, write_json

@@ -160,6 +160,41 @@ class ScoreConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`hafrm serve`: the reward model over HTTP, for RL pipelines (OpenRLHF's `/get_reward`) and scripts (`/score`).
+
+    Requests queue and are scored together: a batch closes at `max_batch_tokens` padded tokens or after
+    `max_wait_ms`, whichever comes first, and runs as one length-sorted model call. Texts longer than
+    `max_length` tokens lose their start (as in `hafrm score`) and are reported, or are refused with
+    413 under `reject_long`. The server binds loopback unless `host` says otherwise.
+    """
+
+    model: str = _help("hafrm output directory with a reward head (rm, haf, or an export of one)", default="runs/hafrm")
+    host: str = _help("address to bind (0.0.0.0: every interface)", default="127.0.0.1")
+    port: int = _help("TCP port", default=5000)
+    max_length: int | None = _help("max tokens of a text (default: the run's own)", default=None)
+    reject_long: bool = _help("refuse texts over max_length with 413 instead of truncating them", default=False)
+    normalize: bool = _help("rewards as (r - mean) / std with the run's stored moments", default=False)
+    batching: bool = _help("score queued requests together (off: one model call per request)", default=True)
+    max_batch_tokens: int = _help("padded tokens in one model call (texts x longest)", default=16384)
+    max_wait_ms: float = _help("how long a batch waits for more requests before it runs", default=5.0)
+    pass_tokens: int = _help(
+        "padded tokens per forward pass: a batch runs longest first in passes of this size (less padding)",
+        default=4096,
+    )
+    max_texts: int = _help("texts in one request", default=1024)
+    max_text_chars: int = _help("characters in one text (longer: 413, before tokenising)", default=200_000)
+    max_body_mb: float = _help("request body size limit in MiB", default=32.0)
+    request_timeout_s: float = _help(
+        "a request waiting longer for the model gets 503 (OpenRLHF's client waits 180 s)", default=170.0
+    )
+    api_key_env: str = _help(
+        "environment variable holding the bearer token clients must send (unset or empty: no token)",
+        default="HAFRM_API_KEY",
+    )
+
+
+@dataclass
 class BonConfig:
     """`hafrm bon`: sample N responses per prompt, pick the best with each reward model, judge the picks.
 

@@ -21,6 +21,7 @@ from .config import (
     ExportConfig,
     RlhfConfig,
     ScoreConfig,
+    ServeConfig,
     StatsConfig,
     TrainConfig,
 )
@@ -232,7 +233,7 @@ def check_inputs(cfg) -> None:
         if cfg.rewardbench is None:
             check_data("--data", cfg.data)
         check_run_dir("--model", cfg.model)
-    elif isinstance(cfg, (ScoreConfig, ExportConfig)):
+    elif isinstance(cfg, (ScoreConfig, ExportConfig, ServeConfig)):
         check_run_dir("--model", cfg.model)
         if isinstance(cfg, ExportConfig) and Path(cfg.output_dir).resolve() == Path(cfg.model).resolve():
             raise ConfigError(f"--output-dir {cfg.output_dir}: the merged model must go to another directory")

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_base_model, load_trained, read_hafrm_config
-from .data.templates import encode_response
+from .data.templates import encode_response, encode_text
 from .data.tokenize import fit_to_length
 from .losses import PolicyLogps, implicit_rewards, needs_reference
 from .model import score_sequences
@@ -184,3 +184,80 @@ class RewardModel:
         pair = PolicyLogps(policy["logps"], policy["logps"], policy["lengths"], policy["lengths"], reference, reference)
         values, _ = implicit_rewards(self.run["policy_loss"], pair, self.run["beta"], self.run.get("simpo_gamma", 0.5))
         return values.tolist()
+
+
+class RewardHead:
+    """A hafrm run's reward head over token ids, for callers that tokenise and batch themselves (`hafrm serve`).
+
+        head = RewardHead("runs/haf")
+        ids = [head.text_ids(text) for text in texts]     # rollout texts, made canonical as `hafrm score --text`
+        head.rewards(ids)                                  # one model call, longest first; [N] floats
+
+    The same ids and the same forward as `hafrm score`, so both give the same rewards (to float rounding
+    of a different batch).
+    """
+
+    def __init__(self, directory: str | Path, max_length: int | None = None):
+        self.directory = Path(directory)
+        if reward_kind(self.directory) != "reward head":
+            raise ValueError(f"{directory} has no reward head (a dpo run): serve an rm or haf run")
+        self.model, self.tokenizer, self.run = load_trained(self.directory)
+        self.max_length = max_length or self.run["max_length"]
+        config = (
+            json.loads((self.directory / "config.json").read_text())
+            if (self.directory / "config.json").is_file()
+            else {}
+        )
+        self.mean, self.std = (
+            config.get("mean", self.run.get("reward_mean")),
+            config.get("std", self.run.get("reward_std")),
+        )
+        self.device = str(next(self.model.parameters()).device)
+        self.packed = bool(self.run.get("packing"))  # checked against padded scoring when the run trained
+
+    def text_ids(self, text: str) -> list[int]:
+        return encode_text(self.tokenizer, text)
+
+    def response_ids(self, prompt, response, where: str) -> list[int]:
+        prompt_ids, response_ids = encode_response(self.tokenizer, prompt, response, where)
+        return prompt_ids + response_ids
+
+    @torch.no_grad()
+    def rewards(self, sequences: list[list[int]], normalize: bool = False, pass_tokens: int = 4096) -> list[float]:
+        """Rewards in input order, longest first, in forward passes of about `pass_tokens` tokens.
+
+        A run trained with packing (it was checked to hold for its model) is scored packed: texts end
+        to end in rows as wide as the longest, no padding. Otherwise each pass pads to its longest text.
+        """
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+        values = [0.0] * len(sequences)
+        start = 0
+        while start < len(order):
+            longest = len(sequences[order[start]])
+            count, tokens = 0, 0
+            for i in order[start:]:  # packed: real tokens count; padded: every text costs the longest
+                cost = len(sequences[i]) if self.packed else longest
+                if count and tokens + cost > max(pass_tokens, longest):
+                    break
+                count, tokens = count + 1, tokens + cost
+            members = order[start : start + count]
+            for i, value in zip(members, self._pass([sequences[i] for i in members])):
+                values[i] = value
+            start += count
+        if normalize and self.mean is not None and self.std:
+            values = [(value - self.mean) / self.std for value in values]
+        return values
+
+    def _pass(self, sequences: list[list[int]]) -> list[float]:
+        from .data.collator import pack_rows
+        from .model import forward_rows
+
+        pad = self.tokenizer.pad_token_id
+        if not self.packed:
+            rewards = score_sequences(
+                self.model, sequences, [0] * len(sequences), len(sequences), pad, self.tokenizer.padding_side
+            )
+            return rewards["rewards"].tolist()
+        batch = {key: value.to(self.device) for key, value in pack_rows(sequences, [0] * len(sequences), pad).items()}
+        rewards, _, _ = forward_rows(self.model, batch, need_rewards=True, need_logps=False)
+        return rewards.float().cpu().tolist()

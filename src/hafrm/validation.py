@@ -17,7 +17,7 @@ import types
 import typing
 from typing import Literal
 
-from .config import BonConfig, EvalConfig, RlhfConfig, ScoreConfig, StatsConfig, TrainConfig
+from .config import BonConfig, EvalConfig, RlhfConfig, ScoreConfig, ServeConfig, StatsConfig, TrainConfig
 
 
 class ConfigError(ValueError):
@@ -59,6 +59,11 @@ RANGES = {
         "logging_steps": _COUNT, "max_length": _LENGTH, "seed": _SEED,
     },
     StatsConfig: {"max_length": _COUNT},
+    ServeConfig: {
+        "port": ((">=", 0), ("<", 65536)), "max_length": _LENGTH, "max_batch_tokens": _COUNT,
+        "max_wait_ms": _NON_NEGATIVE, "pass_tokens": _COUNT, "max_texts": _COUNT, "max_text_chars": _COUNT, "max_body_mb": _POSITIVE,
+        "request_timeout_s": _POSITIVE,
+    },
 }  # fmt: skip
 _OPERATORS = {">=": (operator.ge, "at least"), ">": (operator.gt, "above"), "<": (operator.lt, "below"),
               "<=": (operator.le, "at most")}  # fmt: skip
