@@ -70,7 +70,7 @@ class ClassifierLoop:
     def response_ids(self, prompt, response, where):
         return self.head.response_ids(prompt, response, where)
 
-    def rewards(self, sequences, normalize=False, pass_tokens=None):
+    def rewards(self, sequences, pass_tokens=None):
         values = []
         with self.torch.no_grad():
             for ids in sequences:

@@ -223,7 +223,7 @@ class RewardHead:
         return prompt_ids + response_ids
 
     @torch.no_grad()
-    def rewards(self, sequences: list[list[int]], normalize: bool = False, pass_tokens: int = 4096) -> list[float]:
+    def rewards(self, sequences: list[list[int]], pass_tokens: int = 4096) -> list[float]:
         """Rewards in input order, longest first, in forward passes of about `pass_tokens` tokens.
 
         A run trained with packing (it was checked to hold for its model) is scored packed: texts end
@@ -244,9 +244,7 @@ class RewardHead:
             for i, value in zip(members, self._pass([sequences[i] for i in members])):
                 values[i] = value
             start += count
-        if normalize and self.mean is not None and self.std:
-            values = [(value - self.mean) / self.std for value in values]
-        return values
+        return values  # raw: callers normalise with `mean` / `std` where they ask for it
 
     def _pass(self, sequences: list[list[int]]) -> list[float]:
         from .data.collator import pack_rows

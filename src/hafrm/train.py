@@ -109,8 +109,9 @@ def load_datasets(cfg: TrainConfig, tokenizer):
         say(f"skipped rows: {write_skipped_rows(reports + eval_reports, path)} listed in {path}")
     train_set, truncation = tokenize_pairs(train_pairs, tokenizer, cfg.max_length)
     say(f"train tokens: {truncation.summary()}")
-    if truncation.warning(cfg.max_length):
-        say(truncation.warning(cfg.max_length))
+    warning = truncation.warning(cfg.max_length)
+    if warning:
+        say(warning)
     eval_set = None
     if eval_pairs:
         eval_set, truncation = tokenize_pairs(eval_pairs, tokenizer, cfg.max_length)
