@@ -10,8 +10,15 @@ file order, --batch-size conversations per batch, chosen and rejected in separat
 either to the fixed --max-length (`fixed`, the issue's baseline) or to each batch's longest row
 (`longest`, what RewardBench's pipeline does with padding=True). hafrm's is the loop `hafrm eval`
 and `hafrm score` run (model.score_sequences): the 2N responses sorted by length, 2 x --batch-size
-per forward pass, only the reward head. Rounds alternate the loops; the table prints pairs per
+per forward pass, only the reward head, each pair's prompt run once (`hafrm`) or twice
+(`hafrm-unshared`, --no-prompt-sharing). Rounds alternate the loops; the table prints pairs per
 second, min / median / max over rounds, and checks that all give the same rewards.
+
+Best-of-N (--bon 4,8): N responses to each of --bon-prompts prompts (stand-ins for N samples: the
+prompt's own chosen and rejected replies and those of the pairs after it, so HH lengths), scored the
+way `hafrm bon` scores them (`evaluate.response_rewards`: the N responses of a prompt in one unit,
+the prompt run once) against a per-response loop (one AutoModelForSequenceClassification call per
+response, as a reward server without batching does) and against hafrm with sharing off.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per batch (both sides)")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--bon", default="4,8", help="comma-separated N for the best-of-N case ('' to skip it)")
+    parser.add_argument("--bon-prompts", type=int, default=8, help="prompts in the best-of-N case")
     return parser.parse_args(argv)
 
 
@@ -51,12 +60,12 @@ def save_reward_model(model_name: str, directory: Path) -> None:
 
 
 @torch.inference_mode()
-def hafrm_scores(model, tokenizer, pairs, batch_size: int, max_length: int) -> torch.Tensor:
+def hafrm_scores(model, tokenizer, pairs, batch_size: int, max_length: int, sharing: bool = True) -> torch.Tensor:
     from hafrm.data import PairCollator, tokenize_pairs
     from hafrm.evaluate import pair_scores
 
     dataset, _ = tokenize_pairs(pairs, tokenizer, max_length)
-    collator = PairCollator(tokenizer.pad_token_id, tokenizer.padding_side)
+    collator = PairCollator(tokenizer.pad_token_id, tokenizer.padding_side, prompt_sharing=sharing)
     scores = pair_scores(model, dataset, collator, batch_size, need_rewards=True, need_logps=False)
     return torch.stack([scores["chosen_rewards"], scores["rejected_rewards"]], dim=1)  # [N, 2]
 
@@ -110,6 +119,7 @@ def main(argv=None) -> None:
         theirs = AutoModelForSequenceClassification.from_pretrained(directory, num_labels=1).eval()
     loops = {
         "hafrm": partial(hafrm_scores, ours),
+        "hafrm-unshared": partial(hafrm_scores, ours, sharing=False),
         "fixed": partial(baseline_scores, theirs, padding="max_length"),
         "longest": partial(baseline_scores, theirs, padding="longest"),
     }
@@ -125,13 +135,65 @@ def main(argv=None) -> None:
             print(f"  round {round_index + 1} {name:<9} {rate:8.2f} pairs/s", flush=True)
     fits = torch.tensor([fits_untruncated(tokenizer, pair, opts.max_length) for pair in pairs])
     difference = max((results["hafrm"] - results[name]).abs()[fits].max().item() for name in ("fixed", "longest"))
-    print(f"\n{'loop':<10} {'pairs/s (min/med/max)':>26}")
+    print(f"\n{'loop':<16} {'pairs/s (min/med/max)':>26}")
     for name, rates in timings.items():
-        print(f"{name:<10} {spread(rates):>26}")
-    for name, target in (("fixed", " (target >= 2x)"), ("longest", "")):
+        print(f"{name:<16} {spread(rates):>26}")
+    for name, target in (("fixed", " (target >= 2x)"), ("longest", ""), ("hafrm-unshared", "")):
         ratios = [a / b for a, b in zip(timings["hafrm"], timings[name])]
         print(f"hafrm / {name}: {spread(ratios)} (median {statistics.median(ratios):.2f}x){target}")
+    difference = max(difference, (results["hafrm"] - results["hafrm-unshared"]).abs().max().item())
     print(f"largest reward difference between the loops: {difference:.2e} ({int(fits.sum())} untruncated pairs)")
+    for n in [int(n) for n in opts.bon.split(",") if n.strip()]:
+        best_of_n(opts, n, pairs, ours, theirs, tokenizer)
+
+
+def bon_items(pairs, n: int, prompts: int) -> list[tuple]:
+    """N (prompt, response) items for each of the first `prompts` pairs' prompts, responses taken in turn."""
+    responses = [response for pair in pairs for response in (pair.chosen, pair.rejected)]
+    if len(responses) < 2 * prompts + n:
+        raise SystemExit(f"--pairs {len(pairs)} is too few for {prompts} prompts x {n} responses")
+    return [(pairs[i].prompt, responses[2 * i + j]) for i in range(prompts) for j in range(n)]
+
+
+@torch.inference_mode()
+def per_response_loop(model, tokenizer, items, max_length: int) -> torch.Tensor:
+    values = []
+    for prompt, response in items:
+        text = tokenizer.apply_chat_template(conversation(prompt, response), tokenize=False)
+        batch = tokenizer(text, truncation=True, max_length=max_length, add_special_tokens=False, return_tensors="pt")
+        values.append(model(**batch).logits[0, 0].float())
+    return torch.stack(values)
+
+
+def best_of_n(opts, n: int, pairs, ours, theirs, tokenizer) -> None:
+    from hafrm.evaluate import response_rewards
+
+    items = bon_items(pairs, n, opts.bon_prompts)
+    loops = {
+        "hafrm": lambda: torch.tensor(response_rewards(ours, tokenizer, items, opts.max_length, 2 * opts.batch_size)),
+        "hafrm-unshared": lambda: torch.tensor(
+            response_rewards(ours, tokenizer, items, opts.max_length, 2 * opts.batch_size, share_prompts=False)
+        ),
+        "per-response": lambda: per_response_loop(theirs, tokenizer, items, opts.max_length),
+    }
+    timings: dict[str, list[float]] = {name: [] for name in loops}
+    results = {}
+    for _ in range(opts.rounds):
+        for name, run in loops.items():
+            started = time.perf_counter()
+            results[name] = run()
+            timings[name].append(len(items) / (time.perf_counter() - started))
+    print(f"\nbest-of-{n}: {opts.bon_prompts} prompts x {n} responses")
+    print(f"{'loop':<16} {'responses/s (min/med/max)':>26}")
+    for name, rates in timings.items():
+        print(f"{name:<16} {spread(rates):>26}")
+    for name, target in (("per-response", " (target >= 3x at N = 8)"), ("hafrm-unshared", "")):
+        ratios = [a / b for a, b in zip(timings["hafrm"], timings[name])]
+        print(f"best-of-{n} hafrm / {name}: {spread(ratios)} (median {statistics.median(ratios):.2f}x){target}")
+    difference = max(
+        (results["hafrm"] - results[name]).abs().max().item() for name in ("hafrm-unshared", "per-response")
+    )
+    print(f"best-of-{n} largest reward difference between the loops: {difference:.2e}")
 
 
 if __name__ == "__main__":

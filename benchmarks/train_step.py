@@ -12,7 +12,8 @@ its mean time over those steps. Rounds alternate all configurations (hafrm, TRL,
 drift of the machine hits all of them alike, and every ratio hafrm / TRL is taken within one round;
 the table prints min / median / max over rounds.
 
-Configurations: hafrm-{rm,dpo,haf}-{full,lora,freeze}; trl-reward-{mode}: RewardTrainer on
+Configurations: hafrm-{rm,dpo,haf}-{full,lora,freeze}[-padded][-unshared] (hafrm's defaults: packed rows,
+each prompt run once; -padded: padded rows; -unshared: each prompt run twice); trl-reward-{mode}: RewardTrainer on
 AutoModelForSequenceClassification; trl-dpo-{mode}: DPOTrainer with its default reference (a copy of
 the model; adapters disabled under LoRA). Freeze trains the same top blocks in both libraries, LoRA
 uses the same rank and targets.
@@ -36,11 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import StepTimer, default_data, matmul_peak_flops, select_pairs, spread, write_trl_file  # noqa: E402
 
 METHODS = ("rm", "dpo", "haf")
-TARGETS = [  # (hafrm config, TRL config, step-time bound, memory bound): the issue's targets
-    ("hafrm-haf-{m}", "trl-reward-{m}", 1.15, 1.10),
-    ("hafrm-dpo-{m}", "trl-dpo-{m}", 0.80, 0.70),
-    ("hafrm-rm-{m}", "trl-reward-{m}", 1.00, None),
+TARGETS = [  # (hafrm config, TRL config, step-time bound, memory bound): performance round 2's targets
+    ("hafrm-haf-{m}", "trl-reward-{m}", 0.60, 0.90),
+    ("hafrm-dpo-{m}", "trl-dpo-{m}", 0.35, None),
+    ("hafrm-rm-{m}", "trl-reward-{m}", 0.55, None),
 ]
+VARIANTS = ("", "-unshared", "-padded", "-padded-unshared")
 
 
 def parse_args(argv=None):
@@ -67,6 +69,16 @@ def parse_args(argv=None):
         choices=("on", "off", "both"),
         default="on",
         help="hafrm's packed rows (its default; TRL pads) or padded rows like TRL's (configurations named *-padded)",
+    )
+    parser.add_argument(
+        "--prompt-sharing",
+        choices=("on", "off", "both"),
+        default="on",
+        help="hafrm runs each pair's prompt once (its default) or twice like TRL (configurations named *-unshared)",
+    )
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision for every configuration (GPUs)")
+    parser.add_argument(
+        "--trl-liger", action="store_true", help="also run TRL with Liger's fused kernels (configurations *-liger)"
     )
     parser.add_argument("--json", default=None, help="also write every measurement here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -103,7 +115,9 @@ def lora_config(task_type: str, with_score: bool):
     )
 
 
-def run_hafrm(opts, method: str, mode: str, output_dir: str, timer: StepTimer, packing: bool = True) -> None:
+def run_hafrm(
+    opts, method: str, mode: str, output_dir: str, timer: StepTimer, packing: bool = True, sharing: bool = True
+) -> None:
     from hafrm.config import TrainConfig
     from hafrm.train import train
 
@@ -123,6 +137,8 @@ def run_hafrm(opts, method: str, mode: str, output_dir: str, timer: StepTimer, p
         gradient_checkpointing=opts.gradient_checkpointing == "on",
         sampling="sequential",
         packing=packing,
+        prompt_sharing=sharing,
+        bf16=opts.bf16,
         output_dir=output_dir,
     )
     train(cfg, callbacks=[timer])
@@ -142,7 +158,7 @@ def trl_common(opts, mode: str, output_dir: str) -> dict:
         save_strategy="no",
         report_to=[],
         use_cpu=on_cpu(),
-        bf16=False,
+        bf16=opts.bf16,
         seed=42,
         dataloader_pin_memory=False,
         gradient_checkpointing=opts.gradient_checkpointing == "on",
@@ -150,7 +166,7 @@ def trl_common(opts, mode: str, output_dir: str) -> dict:
     )
 
 
-def run_trl(opts, trainer_kind: str, mode: str, output_dir: str, timer: StepTimer) -> None:
+def run_trl(opts, trainer_kind: str, mode: str, output_dir: str, timer: StepTimer, liger: bool = False) -> None:
     import copy
 
     import datasets
@@ -170,14 +186,15 @@ def run_trl(opts, trainer_kind: str, mode: str, output_dir: str, timer: StepTime
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
         if mode == "lora":
             peft_config = lora_config("SEQ_CLS", with_score=True)
-        args, trainer_cls = RewardConfig(**trl_common(opts, mode, output_dir)), RewardTrainer
+        args, trainer_cls = RewardConfig(**trl_common(opts, mode, output_dir), use_liger_kernel=liger), RewardTrainer
     else:
         from trl import DPOConfig, DPOTrainer
 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         if mode == "lora":
             peft_config = lora_config("CAUSAL_LM", with_score=False)
-        args, trainer_cls = DPOConfig(**trl_common(opts, mode, output_dir), beta=0.1), DPOTrainer
+        args = DPOConfig(**trl_common(opts, mode, output_dir), beta=0.1, use_liger_kernel=liger)
+        trainer_cls = DPOTrainer
     fit_embeddings(model, tokenizer)  # the same pad token (and, where added, embedding row) as hafrm's model
     extra = {}
     if trainer_kind != "reward" and mode != "lora":
@@ -208,9 +225,9 @@ def worker(opts) -> None:
     library, kind, mode, *variant = opts.worker.split("-")
     with tempfile.TemporaryDirectory() as output_dir:
         if library == "hafrm":
-            run_hafrm(opts, kind, mode, output_dir, timer, packing=variant != ["padded"])
+            run_hafrm(opts, kind, mode, output_dir, timer, "padded" not in variant, "unshared" not in variant)
         else:
-            run_trl(opts, kind, mode, output_dir, timer)
+            run_trl(opts, kind, mode, output_dir, timer, liger="liger" in variant)
     timed = timer.step_seconds[opts.warmup :]
     result = {
         "config": opts.worker,
@@ -232,7 +249,9 @@ def step_flops(config: str, model_config, pairs_report: dict, steps: int, opts) 
     block_params = (decoder_params(text) - vocab * hidden) / layers  # embeddings left out
     tokens = pairs_report["tokens"] / steps  # real tokens per step, chosen + rejected
     response = pairs_report["response_tokens"] / steps
-    library, kind, mode, *_ = config.split("-")
+    library, kind, mode, *variant = config.split("-")
+    if library == "hafrm" and "unshared" not in variant:  # each prompt runs once
+        tokens -= (tokens - response) / 2
     trained_share = opts.trainable_layers / layers if mode == "freeze" else 1.0
     checkpointing = opts.gradient_checkpointing == "on"
     trunk = 2 * block_params * layers * tokens  # one forward pass
@@ -266,14 +285,16 @@ def decoder_params(text_config) -> float:
 def configurations(opts) -> list[str]:
     modes = [m.strip() for m in opts.modes.split(",")]
     methods = [m.strip() for m in opts.methods.split(",")]
+    packing = {"on": [""], "off": ["-padded"], "both": ["", "-padded"]}[opts.packing]
+    sharing = {"on": [""], "off": ["-unshared"], "both": ["", "-unshared"]}[opts.prompt_sharing]
     configs = []
     for mode in modes:
-        if opts.packing in ("on", "both"):
-            configs += [f"hafrm-{method}-{mode}" for method in methods]
-        if opts.packing in ("off", "both"):
-            configs += [f"hafrm-{method}-{mode}-padded" for method in methods]
+        for pack, share in itertools.product(packing, sharing):
+            configs += [f"hafrm-{method}-{mode}{pack}{share}" for method in methods]
         if not opts.no_trl:
             configs += [f"trl-reward-{mode}", f"trl-dpo-{mode}"]
+            if opts.trl_liger:
+                configs += [f"trl-reward-{mode}-liger", f"trl-dpo-{mode}-liger"]
     return configs
 
 
@@ -281,6 +302,7 @@ def run_worker(opts, config: str) -> dict:
     command = [sys.executable, __file__, "--worker", config, "--pairs-file", opts.pairs_file]
     for flag in ("model", "batch_size", "max_length", "warmup", "steps", "trainable_layers", "gradient_checkpointing"):
         command += [f"--{flag.replace('_', '-')}", str(getattr(opts, flag))]
+    command += ["--bf16"] if opts.bf16 else []
     result = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode != 0 or not lines:
@@ -308,8 +330,8 @@ def main(argv=None) -> None:
         print(
             f"model {opts.model}; {report['kept']} pairs ({report['fitting']} of {report['read']} fit {opts.max_length} "
             f"tokens); batch {opts.batch_size} pairs; {opts.warmup} warm-up + {opts.steps} timed steps; "
-            f"{opts.rounds} rounds; fp32; gradient checkpointing {opts.gradient_checkpointing}; hafrm packing "
-            f"{opts.packing}; threads "
+            f"{opts.rounds} rounds; {'bf16' if opts.bf16 else 'fp32'}; gradient checkpointing {opts.gradient_checkpointing}; hafrm packing "
+            f"{opts.packing}, prompt sharing {opts.prompt_sharing}; threads "
             f"{torch.get_num_threads()}; matmul peak {peak / 1e9:.1f} GFLOP/s",
             flush=True,
         )
@@ -346,7 +368,7 @@ def print_table(opts, configs, rounds, report, model_config, peak, total_steps) 
         return
     print(f"\n{'ratio (hafrm / TRL)':<44} {'step time':>20} {'target':>7} {'peak memory':>20} {'target':>7}")
     for mode in [m.strip() for m in opts.modes.split(",")]:
-        for (ours, theirs, time_bound, memory_bound), suffix in itertools.product(TARGETS, ("", "-padded")):
+        for (ours, theirs, time_bound, memory_bound), suffix in itertools.product(TARGETS, VARIANTS):
             ours, theirs = ours.format(m=mode) + suffix, theirs.format(m=mode)
             if ours not in configs:
                 continue

@@ -25,15 +25,19 @@ def test_train_step_measures_hafrm_and_trl_on_the_same_pairs(tiny_model, pairs_f
         "train_step.py",
         *("--model", tiny_model, "--data", str(pairs_file), "--modes", "freeze", "--methods", "haf,dpo"),
         *("--trainable-layers", "1", "--batch-size", "4", "--max-length", "96", "--warmup", "1", "--steps", "2"),
-        *("--rounds", "1", "--packing", "both", "--json", str(report)),
+        *("--rounds", "1", "--packing", "both", "--prompt-sharing", "both", "--json", str(report)),
     )
     assert "matmul peak" in out
-    configs = ("hafrm-haf-freeze", "hafrm-dpo-freeze", "hafrm-haf-freeze-padded", "trl-reward-freeze", "trl-dpo-freeze")
+    configs = (
+        *("hafrm-haf-freeze", "hafrm-dpo-freeze", "hafrm-haf-freeze-padded", "hafrm-haf-freeze-unshared"),
+        *("hafrm-dpo-freeze-padded-unshared", "trl-reward-freeze", "trl-dpo-freeze"),
+    )
     for config in configs:
         assert re.search(rf"^{config}\s+[\d.]+ / [\d.]+ / [\d.]+", out, re.MULTILINE), config
     assert re.search(r"^hafrm-haf-freeze / trl-reward-freeze\s+[\d.]+ / ", out, re.MULTILINE)
     assert re.search(r"^hafrm-haf-freeze-padded / trl-reward-freeze\s+[\d.]+ / ", out, re.MULTILINE)
     assert re.search(r"^hafrm-dpo-freeze / trl-dpo-freeze\s+[\d.]+ / ", out, re.MULTILINE)
+    assert re.search(r"^hafrm-haf-freeze-unshared / trl-reward-freeze\s+[\d.]+ / ", out, re.MULTILINE)
     measured = json.loads(report.read_text())
     assert measured["pairs"]["kept"] == 4 * 3  # batch x (warm-up + timed steps), the same pairs for all
     (round_results,) = measured["rounds"]
@@ -46,13 +50,20 @@ def test_score_benchmark_loops_agree(tiny_model, pairs_file):
     out = run(
         "score.py",
         *("--model", tiny_model, "--data", str(pairs_file), "--pairs", "12", "--batch-size", "4"),
-        *("--max-length", "128", "--rounds", "1"),
+        *("--max-length", "128", "--rounds", "1", "--bon", "2,4", "--bon-prompts", "3"),
     )
-    for loop in ("hafrm", "fixed", "longest"):
+    for loop in ("hafrm", "hafrm-unshared", "fixed", "longest"):
         assert re.search(rf"^{loop}\s+[\d.]+ / ", out, re.MULTILINE), loop
     assert re.search(r"^hafrm / fixed: [\d.]+ / ", out, re.MULTILINE)
     difference = float(re.search(r"difference between the loops: (\S+) \((\d+) untruncated", out).group(1))
     assert difference < 1e-4  # hafrm's scorer gives the sequence classifier's rewards
+    for n in (2, 4):
+        assert f"best-of-{n}: 3 prompts x {n} responses" in out
+        assert re.search(rf"^best-of-{n} hafrm / per-response: [\d.]+ / ", out, re.MULTILINE)
+        bon_difference = float(
+            re.search(rf"best-of-{n} largest reward difference between the loops: (\S+)", out).group(1)
+        )
+        assert bon_difference < 1e-4  # shared, unshared and per-response scoring agree
 
 
 def test_serve_benchmark_loads_every_server(tiny_model, pairs_file, tmp_path):
@@ -74,3 +85,19 @@ def test_serve_benchmark_loads_every_server(tiny_model, pairs_file, tmp_path):
     ]
     assert all(row["requests"] == 6 and row["texts_per_s"] > 0 and row["p99_s"] >= row["p50_s"] for row in rows)
     assert "| hafrm-batched | 3 |" in out
+
+
+def test_gpu_script_runs_end_to_end_at_toy_sizes(tiny_model, pairs_file, tmp_path):
+    """`benchmarks/gpu.sh --dry-run`: every step of the GPU run, on the CPU, with the tiny model."""
+    out = tmp_path / "gpu"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+    command = ["bash", str(BENCHMARKS / "gpu.sh"), "--dry-run", "--model", tiny_model, "--data", str(pairs_file)]
+    result = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, env=env, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "1 passed" in (out / "tests.txt").read_text()
+    step = (out / "train-step.txt").read_text()
+    for config in ("hafrm-rm-full", "hafrm-haf-full-unshared", "trl-reward-full", "trl-dpo-full"):
+        assert re.search(rf"^{config}\s+[\d.]+ / ", step, re.MULTILINE), config
+    assert "best-of-2 hafrm / per-response" in (out / "score.txt").read_text()
+    results = (out / "quality-results.md").read_text()
+    assert all(run in results for run in ("rm", "dpo", "haf")) and "pandalm" in results

@@ -434,3 +434,33 @@ def test_real_hh_transcripts_read_as_implicit_prompt_pairs(shared_data):
     assert all("\n\nHuman: " in pair.prompt for pair in parsed)
     with pytest.raises(DataError, match=r"train.jsonl.gz: row 392: empty response: `chosen` is empty"):
         read_pairs(str(path), fmt="trl")
+
+
+def test_prompt_sharing_runs_each_prompt_once_with_positions_continuing_from_it():
+    rows = [
+        {"chosen_input_ids": [5, 6, 7], "rejected_input_ids": [5, 6, 8, 9], "prompt_length": 2},
+        {"chosen_input_ids": [4, 1], "rejected_input_ids": [4, 2], "prompt_length": 1},
+    ]
+    shared = PairCollator(pad_token_id=0, prompt_sharing=True)(rows)  # sequences: c0, c1, r0, r1
+    assert shared["input_ids"].tolist() == [[5, 6, 7, 8, 9], [4, 1, 2, 0, 0]]
+    assert shared["position_ids"].tolist() == [[0, 1, 2, 2, 3], [0, 1, 1, 0, 1]]
+    assert shared["segment_ids"].tolist() == [[0, 0, 1, 2, 2], [0, 1, 2, 0, 0]]
+    assert shared["group_ids"].tolist() == [[0, 0, 0, 0, 0], [1, 1, 1, -1, -1]]
+    assert shared["sequence_ids"].tolist() == [[0, 0, 0, 2, 2], [1, 1, 3, -1, -1]]
+    flat = shared["input_ids"].flatten()
+    assert flat[shared["sequence_ends"]].tolist() == [7, 1, 9, 2]
+    # each response token and the state that predicts it: r0's first token (8) is read from the prompt's end
+    assert shared["target_ids"].tolist() == [7, 8, 9, 1, 2]
+    assert shared["target_states"].tolist() == [1, 1, 3, 5, 5]
+    assert shared["target_sequences"].tolist() == [0, 2, 2, 1, 3]
+    packed = PairCollator(pad_token_id=0, prompt_sharing=True, packing=True)(rows)
+    assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 9], [4, 1, 2, 0, 0]]  # 5 + 3 tokens: no room to pack
+
+
+def test_common_prefix_leaves_every_sequence_a_token_of_its_own():
+    from hafrm.data.collator import common_prefix
+
+    assert common_prefix([[1, 2, 3], [1, 2, 4]]) == 2
+    assert common_prefix([[1, 2], [1, 2, 3]]) == 1  # the shorter one keeps its last token
+    assert common_prefix([[1, 2, 3]]) == 0
+    assert common_prefix([[7, 2], [1, 2]]) == 0

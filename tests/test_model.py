@@ -221,3 +221,75 @@ def test_the_three_log_prob_paths_give_equal_values_and_gradients(softcap, monke
         assert fused[1].tolist() == other[1].tolist() == [4, 2, 4]
         torch.testing.assert_close(fused[2], other[2], atol=1e-5, rtol=1e-4)
     assert fused[2].abs().sum() > 0
+
+
+def _outputs_and_gradients(tiny_model, rows, **collator_flags):
+    model, tokenizer = load_base_model(tiny_model, with_score_head=True)
+    batch = PairCollator(pad_token_id=tokenizer.pad_token_id, **collator_flags)(rows)
+    out = hybrid_forward(model, batch, need_rewards=True, need_logps=True)
+    loss = (out.chosen_rewards - out.rejected_rewards).sum() + (out.chosen_logps - 0.5 * out.rejected_logps).sum()
+    loss.backward()
+    grads = {name: param.grad.clone() for name, param in model.named_parameters() if param.grad is not None}
+    return batch, out, grads
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_shared_prompts_give_the_padded_results_and_gradients(tiny_model, dataset, packing):
+    """Prompt, chosen and rejected in one unit: rewards, log-probs, lengths and every gradient as padded."""
+    rows = [dict(dataset[i]) for i in range(6)]
+    for row in rows[3:]:  # shorter pairs, so that with packing two units share a row
+        row["chosen_input_ids"], row["rejected_input_ids"] = (
+            row["chosen_input_ids"][30:],
+            row["rejected_input_ids"][30:],
+        )
+        row["prompt_length"] -= 30
+    padded_batch, padded, padded_grads = _outputs_and_gradients(tiny_model, rows)
+    shared_batch, shared, shared_grads = _outputs_and_gradients(tiny_model, rows, prompt_sharing=True, packing=packing)
+    # each prompt ran once: the shared rows hold exactly the pairs' tokens less one copy of each prompt
+    real = int((shared_batch["sequence_ids"] >= 0).sum())
+    assert real == sum(len(r["chosen_input_ids"]) + len(r["rejected_input_ids"]) - r["prompt_length"] for r in rows)
+    n_rows = shared_batch["input_ids"].shape[0]
+    assert n_rows == len(rows) if not packing else n_rows < len(rows)  # packing put two units in one row
+    for field in ("chosen_rewards", "rejected_rewards", "chosen_logps", "rejected_logps"):
+        torch.testing.assert_close(getattr(shared, field), getattr(padded, field), rtol=1e-4, atol=1e-5)
+    assert torch.equal(shared.chosen_lengths, padded.chosen_lengths)
+    assert torch.equal(shared.rejected_lengths, padded.rejected_lengths)
+    assert shared_grads.keys() == padded_grads.keys()
+    for name in padded_grads:
+        torch.testing.assert_close(shared_grads[name], padded_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_a_rejected_reply_that_could_see_the_chosen_one_changes_its_results(tiny_model, dataset, monkeypatch):
+    """The mask matters: with the chosen reply visible to the rejected one, the rejected results move."""
+    from hafrm import model as model_module
+
+    rows = [dict(dataset[i]) for i in range(2)]
+    _, honest, _ = _outputs_and_gradients(tiny_model, rows, prompt_sharing=True)
+
+    def causal_only(groups, segments, dtype):  # plain causal attention over the whole row
+        length = groups.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        mask = torch.zeros(length, length, dtype=dtype).masked_fill(~causal, torch.finfo(dtype).min)
+        return mask.expand(groups.shape[0], 1, length, length)
+
+    monkeypatch.setattr(model_module, "shared_attention_mask", causal_only)
+    _, leaky, _ = _outputs_and_gradients(tiny_model, rows, prompt_sharing=True)
+    torch.testing.assert_close(leaky.chosen_rewards, honest.chosen_rewards, rtol=1e-4, atol=1e-5)
+    assert (leaky.rejected_rewards - honest.rejected_rewards).abs().max() > 1e-3
+
+
+def test_shared_attention_mask_lets_each_reply_see_the_prompt_and_itself():
+    from hafrm.model import shared_attention_mask
+
+    # one unit: prompt (2 tokens), reply A (2), reply B (1); then one pad
+    groups = torch.tensor([[0, 0, 0, 0, 0, -1]])
+    segments = torch.tensor([[0, 0, 1, 1, 2, 0]])
+    allowed = (shared_attention_mask(groups, segments, torch.float32)[0, 0] == 0).int()
+    assert allowed.tolist() == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0],
+        [1, 1, 0, 0, 1, 0],  # reply B: the prompt and itself, not reply A
+        [0, 0, 0, 0, 0, 1],  # the pad: itself only
+    ]

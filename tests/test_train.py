@@ -258,6 +258,7 @@ def test_packing_trains_like_padding_on_fewer_tokens(tiny_model, varied_pairs, t
             varied_pairs,
             tmp_path / f"run{len(flags)}",
             *("--method", "haf", "--max-steps", "3", "--val-fraction", "0", "--sampling", "sequential", *flags),
+            "--no-prompt-sharing",
         )
         histories.append(loss_curve(out))
         tokens.append(sum(batch["input_ids"].numel() for batch in batches))
@@ -273,7 +274,18 @@ def test_packing_turns_itself_off_for_attention_that_ignores_it(
 
     monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
     batches = _record_batches(monkeypatch)
-    train(tiny_model, varied_pairs, tmp_path / "run", "--method", "rm", "--max-steps", "2", "--val-fraction", "0")
+    train(
+        tiny_model,
+        varied_pairs,
+        tmp_path / "run",
+        "--method",
+        "rm",
+        "--max-steps",
+        "2",
+        "--val-fraction",
+        "0",
+        "--no-prompt-sharing",
+    )
     assert (
         "note: packing off: LlamaForCausalLM scores two sequences packed in one row differently"
         in capsys.readouterr().out
@@ -292,7 +304,18 @@ def test_packing_turns_itself_off_for_a_model_that_cannot_run_packed(
 
     monkeypatch.setattr(hafrm.train, "packing_error", fails)
     batches = _record_batches(monkeypatch)
-    train(tiny_model, varied_pairs, tmp_path / "run", "--method", "rm", "--max-steps", "1", "--val-fraction", "0")
+    train(
+        tiny_model,
+        varied_pairs,
+        tmp_path / "run",
+        "--method",
+        "rm",
+        "--max-steps",
+        "1",
+        "--val-fraction",
+        "0",
+        "--no-prompt-sharing",
+    )
     out = capsys.readouterr().out
     assert "note: packing off: LlamaForCausalLM failed on packed rows (ValueError: position_ids must be 3" in out
     assert batches and all("sequence_ids" not in batch for batch in batches)

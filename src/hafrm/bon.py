@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .config import BonConfig
 from .data import DataError
+from .devices import to_scoring_device
 
 SAMPLES, META = "samples.jsonl", "samples.meta.json"
 SAMPLING_FIELDS = ("policy", "prompts", "n", "temperature", "top_p", "max_new_tokens", "seed", "batch_size")
@@ -183,8 +184,7 @@ class Policy:
             from transformers import AutoModelForCausalLM
 
             self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32).eval()
-            if torch.cuda.is_available():
-                self.model.to("cuda")
+            to_scoring_device(self.model)
 
     def prompt_ids(self, prompt, index: int) -> list[int]:
         return prompt_ids(self.tokenizer, prompt, index, self.path)

@@ -22,6 +22,7 @@ from torch import nn
 
 from .data.templates import ensure_pad_token, pad_problem
 from .default_model import resolve_model_path
+from .devices import to_scoring_device
 from .model import SCORE_HEAD, attach_score_head
 from .rundir import atomic_write_text
 
@@ -210,8 +211,7 @@ def _load(directory: Path, dtype: torch.dtype, allow_old_pad: bool):
 def load_trained(directory: str | Path, dtype: torch.dtype = torch.float32):
     """Load a hafrm output directory (full weights or a LoRA adapter) -> (model, tokenizer, hafrm config)."""
     model, tokenizer, config, _ = _load(Path(directory), dtype, allow_old_pad=False)
-    if torch.cuda.is_available():  # scoring runs where the model is; batches follow it
-        model.to("cuda")
+    to_scoring_device(model)  # scoring runs where the model is; batches follow it
     model.eval()
     return model, tokenizer, config
 

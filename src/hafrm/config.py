@@ -45,6 +45,12 @@ class TrainConfig:
     model: str = _help("hub id, local checkpoint, or the default model's alias", default=DEFAULT_MODEL)
     finetune: Literal["full", "lora", "freeze"] = _help("what trains", default="full")
     trainable_layers: int = _help("freeze mode: how many top transformer blocks train", default=4)
+    prefix_cache: bool = _help(
+        "freeze mode: run the frozen lower blocks once per sequence before training and feed their cached output to"
+        " the trained top blocks in every epoch (RAM, or memory-mapped in output_dir when large); checked against the"
+        " whole forward first; off with dropout kept or several processes",
+        default=True,
+    )
     lora_r: int = _help("LoRA rank", default=16)
     lora_alpha: int = _help("LoRA scaling numerator", default=32)
     lora_dropout: float = _help(
@@ -75,6 +81,12 @@ class TrainConfig:
         "lay a batch's sequences end to end in rows as wide as its longest one (attention kept apart by restarting"
         " positions) instead of padding each: fewer tokens through the trunk; checked against the padded forward"
         " before training, and turned off with a note for a model whose attention does not keep them apart",
+        default=True,
+    )
+    prompt_sharing: bool = _help(
+        "run each pair's prompt through the trunk once: prompt, chosen and rejected in one unit whose attention mask"
+        " keeps the two replies apart (exact; composes with packing); checked against the padded forward before"
+        " training and turned off with a note for a model whose attention cannot take the mask",
         default=True,
     )
     # loss
@@ -128,6 +140,12 @@ class EvalConfig:
     skip_bad_rows: bool = _help("leave unusable rows out (counted per reason) instead of stopping", default=False)
     max_length: int | None = _help("max tokens of prompt + response (default: the run's own)", default=None)
     batch_size: int = _help("pairs per batch", default=8)
+    prompt_sharing: bool = _help(
+        "score each pair's two replies with the prompt run once (checked to match padded scoring first)", default=True
+    )
+    dtype: Literal["float32", "bfloat16"] = _help(
+        "weights and activations to score in (bfloat16: GPUs; fp32 on CPUs, where bf16 is slower)", default="float32"
+    )
     implicit: bool = _help("also score β·log π/π_ref (needs the reference model)", default=True)
     combine: bool = _help("also score r + λ·implicit, λ fitted on the run's validation data", default=True)
     perplexity: bool = _help("report per-token perplexity of chosen and rejected under the policy head", default=True)
@@ -157,6 +175,12 @@ class ScoreConfig:
         },
     )
     max_length: int | None = _help("max tokens of prompt + response (default: the run's own)", default=None)
+    prompt_sharing: bool = _help(
+        "score the responses with their shared prompt run once (checked to match padded scoring first)", default=True
+    )
+    dtype: Literal["float32", "bfloat16"] = _help(
+        "weights and activations to score in (bfloat16: GPUs; fp32 on CPUs, where bf16 is slower)", default="float32"
+    )
 
 
 @dataclass
@@ -173,6 +197,9 @@ class ServeConfig:
     host: str = _help("address to bind (0.0.0.0: every interface)", default="127.0.0.1")
     port: int = _help("TCP port", default=5000)
     max_length: int | None = _help("max tokens of a text (default: the run's own)", default=None)
+    dtype: Literal["float32", "bfloat16"] = _help(
+        "weights and activations to score in (bfloat16: GPUs; fp32 on CPUs, where bf16 is slower)", default="float32"
+    )
     reject_long: bool = _help("refuse texts over max_length with 413 instead of truncating them", default=False)
     normalize: bool = _help("rewards as (r - mean) / std with the run's stored moments", default=False)
     batching: bool = _help("score queued requests together (off: one model call per request)", default=True)

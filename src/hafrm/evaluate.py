@@ -24,6 +24,7 @@ from .config import EvalConfig, ScoreConfig, TrainConfig
 from .data import PairCollator, load_data, tokenize_pairs
 from .data.length_rule import longer_is_better_accuracy
 from .data.templates import encode_response, encode_text
+from .devices import to_scoring_device
 from .losses import PolicyLogps, implicit_rewards, needs_reference
 from .metrics import comparison, fit_combination, grouped, perplexity
 from .model import score_sequences
@@ -33,7 +34,8 @@ from .reference import add_reference_logps
 def pair_scores(model, dataset, collator, batch_size: int, need_rewards: bool, need_logps: bool) -> dict:
     """Per-pair rewards and response log-probs, in dataset order, as CPU tensors [N].
 
-    The 2N responses are scored as independent sequences, longest first, 2 x batch_size per pass.
+    The 2N responses are scored longest first, about 2 x batch_size per pass; with the collator's
+    `prompt_sharing`, each pair's prompt runs once (`model.score_sequences`).
     """
     n_pairs = len(dataset)
     scores = score_sequences(
@@ -45,6 +47,7 @@ def pair_scores(model, dataset, collator, batch_size: int, need_rewards: bool, n
         collator.padding_side,
         need_rewards,
         need_logps,
+        share_prompts=collator.prompt_sharing,
     )
     return {
         f"{side}_{name}": values[:n_pairs] if side == "chosen" else values[n_pairs:]
@@ -56,8 +59,7 @@ def pair_scores(model, dataset, collator, batch_size: int, need_rewards: bool, n
 def _reference_logps(run: dict, datasets: dict, collator, batch_size: int) -> dict:
     """Reference log-probs from the base model, loaded alone and freed before the trained model loads."""
     base, _ = load_base_model(run["base_model"], with_score_head=False)
-    if torch.cuda.is_available():
-        base.to("cuda")
+    to_scoring_device(base)
     datasets = {name: add_reference_logps(base, dataset, collator, batch_size) for name, dataset in datasets.items()}
     del base
     gc.collect()
@@ -69,12 +71,12 @@ def score_sets(cfg: EvalConfig, run: dict, pair_sets: dict, max_length: int, imp
     tokenizer = run_tokenizer(cfg.model)
     tokenised = {name: tokenize_pairs(pairs, tokenizer, max_length) for name, pairs in pair_sets.items()}
     datasets = {name: dataset for name, (dataset, _) in tokenised.items()}
-    collator = PairCollator(tokenizer.pad_token_id, tokenizer.padding_side)
+    collator = PairCollator(tokenizer.pad_token_id, tokenizer.padding_side, prompt_sharing=cfg.prompt_sharing)
     with_reference = implicit and needs_reference(run["policy_loss"])
     is_lora = (Path(cfg.model) / "adapter_config.json").is_file()
     if with_reference and not is_lora:
         datasets = _reference_logps(run, datasets, collator, cfg.batch_size)
-    model, _, _ = load_trained(cfg.model)
+    model, _, _ = load_trained(cfg.model, getattr(torch, cfg.dtype))
     if with_reference and is_lora:  # the reference is the same model with its adapters disabled
         datasets = {
             n: add_reference_logps(model, d, collator, cfg.batch_size, use_cache=False) for n, d in datasets.items()
@@ -252,32 +254,46 @@ def print_report(report: dict) -> None:
                 print(f"    {label:<28} {group['pairs']:>6} pairs  {figures}")
 
 
-def text_ids(tokenizer, item, index: int) -> list[int]:
-    """Token ids of one item to score: a (prompt, response) pair, rendered, or a full text, made canonical."""
+def text_ids(tokenizer, item, index: int) -> tuple[list[int], int]:
+    """(token ids, prompt length) of one item to score: a (prompt, response) pair, rendered, or a full text
+    (prompt length 0), made canonical."""
     if isinstance(item, str):
-        return encode_text(tokenizer, item)
+        return encode_text(tokenizer, item), 0
     prompt_ids, response_ids = encode_response(tokenizer, item[0], item[1], f"item {index}")
-    return prompt_ids + response_ids
+    return prompt_ids + response_ids, len(prompt_ids)
 
 
 @torch.no_grad()
-def response_rewards(model, tokenizer, items: list, max_length: int, batch_size: int = 16) -> list[float]:
-    """Reward-head score of each (prompt, response) or full text, batched longest-first; long texts lose their start."""
-    sequences, truncated = [], 0
+def response_rewards(
+    model, tokenizer, items: list, max_length: int, batch_size: int = 16, share_prompts: bool = True
+) -> list[float]:
+    """Reward-head score of each (prompt, response) or full text, batched longest-first; long texts lose their start.
+
+    Responses to one prompt run it once (`share_prompts`, where the model was checked to take it).
+    """
+    sequences, prompt_lengths, truncated = [], [], 0
     for i, item in enumerate(items):
-        ids = text_ids(tokenizer, item, i)
-        truncated += len(ids) > max_length
-        sequences.append(ids[-max_length:])
+        ids, prompt_length = text_ids(tokenizer, item, i)
+        cut = max(len(ids) - max_length, 0)
+        truncated += cut > 0
+        sequences.append(ids[cut:])
+        prompt_lengths.append(max(prompt_length - cut, 0))
     if truncated:
         print(f"note: {truncated} of {len(items)} texts exceed {max_length} tokens; they lose their start")
     scores = score_sequences(
-        model, sequences, [0] * len(sequences), batch_size, tokenizer.pad_token_id, tokenizer.padding_side
+        model,
+        sequences,
+        prompt_lengths,
+        batch_size,
+        tokenizer.pad_token_id,
+        tokenizer.padding_side,
+        share_prompts=share_prompts,
     )
     return scores["rewards"].tolist()
 
 
-def _reward_model(model_dir: str):
-    model, tokenizer, run = load_trained(model_dir)
+def _reward_model(model_dir: str, dtype: str = "float32"):
+    model, tokenizer, run = load_trained(model_dir, getattr(torch, dtype))
     if not run["reward_head"]:
         raise ValueError(
             f"{model_dir} is a {run['method']} run with no reward head: use `hafrm eval --data` for its implicit reward"
@@ -289,10 +305,10 @@ def score(cfg: ScoreConfig) -> list[float]:
     """Reward of each response to the prompt, and of each full text (the reward head; a dpo run has none and is refused)."""
     if not cfg.response and not cfg.text:
         raise ValueError("give at least one --response (with --prompt) or --text to score")
-    model, tokenizer, run = _reward_model(cfg.model)
+    model, tokenizer, run = _reward_model(cfg.model, cfg.dtype)
     max_length = cfg.max_length or run["max_length"]
     items = [(cfg.prompt, response) for response in cfg.response] + list(cfg.text)
-    rewards = response_rewards(model, tokenizer, items, max_length)
+    rewards = response_rewards(model, tokenizer, items, max_length, share_prompts=cfg.prompt_sharing)
     for i, (shown, reward) in enumerate(zip(cfg.response + cfg.text, rewards)):
         print(f"{reward:+.4f}\t{i}\t{shown[:80]!r}")
     return rewards
@@ -303,10 +319,12 @@ def evaluate_rewardbench(cfg: EvalConfig) -> dict:
     from .rewardbench import print_rewardbench, read_rewardbench, score_v1, score_v2
 
     version, rows = read_rewardbench(cfg.rewardbench)
-    model, tokenizer, run = _reward_model(cfg.model)
+    model, tokenizer, run = _reward_model(cfg.model, cfg.dtype)
     max_length = cfg.max_length or run["max_length"]
     scorer = score_v1 if version == "v1" else score_v2
-    report = scorer(rows, lambda items: response_rewards(model, tokenizer, items, max_length, cfg.batch_size))
+    report = scorer(
+        rows, lambda items: response_rewards(model, tokenizer, items, max_length, cfg.batch_size, cfg.prompt_sharing)
+    )
     report.update(model=str(cfg.model), data=str(cfg.rewardbench), method=run["method"])
     print_rewardbench(report)
     return report

@@ -18,6 +18,7 @@ forward pass, and both heads read its last hidden states.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -33,6 +34,16 @@ LOGIT_CHUNK = 1024
 # logits stay under this many elements (256 MiB) and gradient checkpointing is off; otherwise each
 # chunk is recomputed in backward, which bounds memory at the price of one more lm_head matmul.
 LOGIT_KEEP_ELEMENTS = 1 << 26
+# Packed or shared rows and padded ones may differ by float rounding (~1e-6 relative in fp32), no more;
+# in bf16 / fp16 weights rounding reaches ~1e-2, still far below what a mask that leaks gives (order 1).
+LAYOUT_TOLERANCE = 1e-3
+HALF_LAYOUT_TOLERANCE = 5e-2
+
+
+def layout_tolerance(model: nn.Module) -> float:
+    """How far a packed / shared / cached result may be from the padded one for this model's weights' dtype."""
+    dtype = next(model.parameters()).dtype
+    return LAYOUT_TOLERANCE if dtype in (torch.float32, torch.float64) else HALF_LAYOUT_TOLERANCE
 
 
 @dataclass
@@ -153,22 +164,23 @@ def _frozen_weight(lm_head: nn.Module) -> Tensor | None:
 
 
 def response_logps(
-    causal_lm: nn.Module, hidden: Tensor, input_ids: Tensor, response_mask: Tensor, sequence_ids: Tensor | None = None
+    causal_lm: nn.Module, hidden: Tensor, input_ids: Tensor, response_mask: Tensor, targets: tuple | None = None
 ):
     """Summed log-probs and token counts of response tokens only, lm_head run on those positions.
 
-    -> (logps [N], lengths [N]) for N sequences: one per row, or, with packed rows, as `sequence_ids` names them.
+    -> (logps [N], lengths [N]) for N sequences: one per row, or, for flat rows (packed or shared), as
+    `targets` = (target_states, target_ids, target_sequences, N) lists them (`data.collator.lay_out_rows`).
     """
-    # hidden: [R, T, H]; input_ids, response_mask, sequence_ids: [R, T]. Token t+1 is predicted from state t.
-    target_mask = response_mask[:, 1:].bool()  # [R, T-1]
-    states = hidden[:, :-1][target_mask]  # [M, H]
-    targets = input_ids[:, 1:][target_mask]  # [M]
-    if sequence_ids is None:
+    if targets is None:
+        # hidden: [R, T, H]; input_ids, response_mask: [R, T]. Token t+1 is predicted from state t.
+        target_mask = response_mask[:, 1:].bool()  # [R, T-1]
+        states = hidden[:, :-1][target_mask]  # [M, H]
+        target_ids = input_ids[:, 1:][target_mask]  # [M]
         n_sequences = input_ids.shape[0]
         rows = torch.arange(n_sequences, device=input_ids.device)[:, None].expand_as(target_mask)[target_mask]
     else:
-        n_sequences = int(sequence_ids.max()) + 1
-        rows = sequence_ids[:, 1:][target_mask]  # [M] the sequence each target token belongs to
+        state_index, target_ids, rows, n_sequences = targets  # [M] flat state index, id, sequence of each target
+        states = hidden.reshape(-1, hidden.shape[-1])[state_index]  # [M, H]
     lm_head = causal_lm.get_output_embeddings()
     softcap = getattr(causal_lm.config.get_text_config(), "final_logit_softcapping", None)
     with_grad = torch.is_grad_enabled() and states.requires_grad
@@ -179,7 +191,7 @@ def response_logps(
     recompute = with_grad and (too_large or getattr(causal_lm, "is_activation_checkpointing", False))
     pieces = []
     for start in range(0, states.shape[0], LOGIT_CHUNK):
-        chunk_states, chunk_targets = states[start : start + LOGIT_CHUNK], targets[start : start + LOGIT_CHUNK]
+        chunk_states, chunk_targets = states[start : start + LOGIT_CHUNK], target_ids[start : start + LOGIT_CHUNK]
         if frozen_weight is not None:
             pieces.append(FrozenHeadLogps.apply(chunk_states, frozen_weight, chunk_targets, softcap))
         elif recompute:
@@ -191,12 +203,41 @@ def response_logps(
     return sums.index_add(0, rows, token_logps), torch.bincount(rows, minlength=n_sequences)
 
 
+def shared_attention_mask(group_ids: Tensor, segment_ids: Tensor, dtype: torch.dtype) -> Tensor:
+    """[R, L] unit and segment ids of shared rows -> additive [R, 1, L, L] mask (0: may attend, dtype min: may not).
+
+    A token sees earlier tokens of its own unit that are in the shared prefix (segment 0) or in its own
+    segment: a member's reply sees the prompt and itself, never another member's reply. Padding (unit -1)
+    sees itself only, so no row of the mask is empty. Works with eager and SDPA attention.
+    """
+    length = group_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=group_ids.device).tril()
+    same_unit = (group_ids[:, :, None] == group_ids[:, None, :]) & (group_ids[:, :, None] >= 0)
+    visible_segment = (segment_ids[:, None, :] == 0) | (segment_ids[:, :, None] == segment_ids[:, None, :])
+    allowed = (same_unit & visible_segment & causal) | torch.eye(length, dtype=torch.bool, device=group_ids.device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=group_ids.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def shared_block_mask(group_ids: Tensor, segment_ids: Tensor):
+    """The same rule as `shared_attention_mask` as a FlexAttention BlockMask, whose kernel skips masked blocks."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def visible(batch, _head, query, key):
+        same_unit = (group_ids[batch, query] == group_ids[batch, key]) & (group_ids[batch, query] >= 0)
+        segment = (segment_ids[batch, key] == 0) | (segment_ids[batch, query] == segment_ids[batch, key])
+        return (same_unit & segment & (key <= query)) | (query == key)
+
+    rows, length = group_ids.shape
+    return create_block_mask(visible, rows, None, length, length, device=group_ids.device)
+
+
 def _heads(causal_lm: nn.Module, hidden: Tensor, batch: dict, need_rewards: bool, need_logps: bool):
     # hidden: [N, T, H] last hidden states -> (rewards [N] | None, logps [N] | None, lengths [N] | None)
     rewards = logps = lengths = None
-    packed = "sequence_ids" in batch
+    flat = "sequence_ends" in batch  # packed or shared rows
     if need_rewards:
-        if packed:  # each sequence's last token: where `reward_index` reads, as no sequence ends on the pad
+        if flat:  # each sequence's last token: where `reward_index` reads, as no sequence ends on the pad
             last_states = hidden.reshape(-1, hidden.shape[-1])[batch["sequence_ends"]]  # [N, H]
         else:
             last = reward_index(batch["input_ids"], causal_lm.config.pad_token_id)
@@ -205,19 +246,32 @@ def _heads(causal_lm: nn.Module, hidden: Tensor, batch: dict, need_rewards: bool
         # a fresh tensor, not a view: wrappers (FSDP2) hook the model's outputs and in-place ops drop hooks on views
         rewards = score(last_states.to(score.weight.dtype)).squeeze(-1).float().clone()  # [N]
     if need_logps:
-        logps, lengths = response_logps(
-            causal_lm, hidden, batch["input_ids"], batch["response_mask"], batch.get("sequence_ids") if packed else None
+        targets = (
+            (batch["target_states"], batch["target_ids"], batch["target_sequences"], batch["sequence_ends"].shape[0])
+            if flat
+            else None
         )
+        logps, lengths = response_logps(causal_lm, hidden, batch["input_ids"], batch["response_mask"], targets)
     return rewards, logps, lengths
+
+
+def rows_attention_mask(causal_lm: nn.Module, batch: dict):
+    """The shared rows' mask in the form the model's attention takes: a BlockMask for FlexAttention, else dense."""
+    if getattr(causal_lm.config, "_attn_implementation", None) == "flex_attention":
+        return shared_block_mask(batch["group_ids"], batch["segment_ids"])
+    dtype = next(causal_lm.parameters()).dtype
+    return shared_attention_mask(batch["group_ids"], batch["segment_ids"], dtype)
 
 
 def forward_rows(model: nn.Module, batch: dict, need_rewards: bool, need_logps: bool):
     """One trunk pass over N rows -> (rewards [N] or None, response logps [N] or None, lengths [N] or None).
 
     `batch` has `input_ids`, `attention_mask` and, for log-probs, `response_mask`, each [N, T]; or
-    packed rows (`PairCollator(packing=True)`): `input_ids`, `position_ids`, `response_mask`,
-    `sequence_ids` [R, T] and `sequence_ends` [N], run with no attention mask so that transformers
-    reads the sequence boundaries from the restarting positions.
+    packed rows (`PairCollator(packing=True)`): `input_ids`, `position_ids`, `sequence_ids` [R, T],
+    `sequence_ends` [N] and the `target_*` lists, run with no attention mask so that transformers
+    reads the sequence boundaries from the restarting positions; or shared rows (`prompt_sharing=True`,
+    `data.collator.lay_out_rows`), which add `group_ids` and `segment_ids` and run under the 4-D mask
+    built from them.
 
     The call goes through `model(...)`, whatever wraps it (DDP, FSDP, DeepSpeed, peft, accelerate's
     autocast), so gradient sync, sharded-parameter gathering and mixed precision apply to both heads.
@@ -243,14 +297,23 @@ def forward_rows(model: nn.Module, batch: dict, need_rewards: bool, need_logps: 
         # registers its pre-backward hooks on it; appended, they would land on the empty logits instead)
         causal_lm.register_forward_hook(heads_as_output, prepend=True),
     ]
-    if "sequence_ids" in batch:
+    if "segment_ids" in batch:  # shared rows: the mask keeps each unit's replies apart
+        attention_mask, position_ids = rows_attention_mask(causal_lm, batch), batch["position_ids"]
+    elif "sequence_ends" in batch:  # packed rows: restarting positions are the mask
         attention_mask, position_ids = None, batch["position_ids"]
     else:
         attention_mask, position_ids = batch["attention_mask"], position_ids_from_mask(batch["attention_mask"])
+    inputs = {"input_ids": batch["input_ids"]}
+    skipped = contextlib.nullcontext()
+    if "frozen_states" in batch:  # `--finetune freeze` with the frozen-prefix cache: start at the first trained block
+        from .prefix_cache import lower_blocks_skipped
+
+        dtype = causal_lm.get_input_embeddings().weight.dtype
+        inputs = {"inputs_embeds": batch["frozen_states"].to(dtype)}
+        skipped = lower_blocks_skipped(causal_lm, int(batch["frozen_blocks"]))
     try:
-        return model(
-            input_ids=batch["input_ids"], attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        )
+        with skipped:
+            return model(**inputs, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     finally:
         for hook in hooks:
             hook.remove()
@@ -277,17 +340,97 @@ def packing_error(model: nn.Module, chosen: list[int], rejected: list[int], prom
     sequence attends to the first (an architecture whose mask ignores restarting positions).
     `heads`: need_rewards / need_logps, as the method uses them.
     """
-    from .data.collator import pack_rows, pad_rows
+    from .data.collator import pack_rows
+
+    def one_row(sequences, prompts, pad):
+        return pack_rows(sequences, prompts, pad, width=sum(len(ids) for ids in sequences))
+
+    return _layout_error(model, [chosen, rejected], [prompt_length] * 2, one_row, heads)
+
+
+@torch.no_grad()
+def sharing_error(model: nn.Module, chosen: list[int], rejected: list[int], prompt_length: int, **heads) -> float:
+    """Largest relative difference between the heads' outputs on a pair padded and run with its prompt shared.
+
+    ~1e-6 when the model's attention takes the shared-rows mask; far larger when it ignores it (the
+    rejected reply then sees the chosen one), or where an attention kernel cannot take such a mask.
+    """
+    from .data.collator import lay_out_rows
+
+    def shared(sequences, prompts, pad):
+        return lay_out_rows(sequences, prompts, [[0, 1]], pad)
+
+    return _layout_error(model, [chosen, rejected], [prompt_length] * 2, shared, heads)
+
+
+def _layout_error(model, sequences, prompts, lay_out, heads) -> float:
+    from .data.collator import pad_rows
 
     was_training = model.training
     model.eval()
-    sequences, prompts = [chosen, rejected], [prompt_length, prompt_length]
     pad = unwrap(model).config.pad_token_id
-    padded = forward_rows(model, pad_rows(sequences, prompts, pad, "right"), **heads)
-    packed = forward_rows(model, pack_rows(sequences, prompts, pad, width=len(chosen) + len(rejected)), **heads)
-    model.train(was_training)
-    errors = [((a - b).abs() / (1 + b.abs())).max().item() for a, b in zip(packed[:2], padded[:2]) if a is not None]
+    device = next(model.parameters()).device
+    try:
+        padded = forward_rows(model, _to(pad_rows(sequences, prompts, pad, "right"), device), **heads)
+        laid_out = forward_rows(model, _to(lay_out(sequences, prompts, pad), device), **heads)
+    finally:
+        model.train(was_training)
+    errors = [((a - b).abs() / (1 + b.abs())).max().item() for a, b in zip(laid_out[:2], padded[:2]) if a is not None]
     return max(errors)
+
+
+def _to(batch: dict, device) -> dict:
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+# A unit of shared-prompt sequences in scoring holds at most this many tokens (or its longest member).
+SHARED_UNIT_TOKENS = 4096
+
+
+def prompt_groups(sequences: list[list[int]], prompt_lengths: list[int], max_tokens: int = SHARED_UNIT_TOKENS):
+    """Sequences with the same prompt tokens, in groups of at most `max_tokens` with the prompt counted once.
+
+    -> groups of indices (input order within each); a sequence with no prompt is a group of its own.
+    """
+    by_prompt: dict[tuple, list[int]] = {}
+    for i, (ids, prompt_length) in enumerate(zip(sequences, prompt_lengths)):
+        key = tuple(ids[:prompt_length]) if prompt_length else ("alone", i)
+        by_prompt.setdefault(key, []).append(i)
+    groups = []
+    for key, members in by_prompt.items():
+        prompt = len(key) if key[0] != "alone" else 0
+        group, size = [], prompt
+        for i in members:
+            own = len(sequences[i]) - prompt
+            if group and size + own > max(max_tokens, len(sequences[i])):
+                groups.append(group)
+                group, size = [], prompt
+            group.append(i)
+            size += own
+        groups.append(group)
+    return groups
+
+
+def sharing_holds(model: nn.Module, sequences, prompt_lengths, groups, **heads) -> bool:
+    """Whether this model scores shared-prompt rows as padded ones (checked once per model, on one group)."""
+    causal_lm = unwrap(model)
+    verdict = getattr(causal_lm, "_hafrm_sharing_holds", None)
+    if verdict is None:
+        group = next(g for g in groups if len(g) > 1)
+        first, second = (sequences[i] for i in group[:2])
+        try:
+            verdict = (
+                sharing_error(model, first, second, min(prompt_lengths[i] for i in group[:2]), **heads)
+                <= layout_tolerance(model)
+            )
+        except Exception:  # an attention kernel that cannot take the mask
+            verdict = False
+        if not verdict:
+            print(
+                f"note: prompt sharing off: {type(causal_lm).__name__} does not score shared-prompt rows as padded ones"
+            )
+        causal_lm._hafrm_sharing_holds = verdict
+    return verdict
 
 
 @torch.no_grad()
@@ -301,26 +444,52 @@ def score_sequences(
     need_rewards: bool = True,
     need_logps: bool = False,
     desc: str = "scoring",
+    share_prompts: bool = True,
 ) -> dict[str, Tensor]:
     """Rewards, response log-probs and response lengths of N token sequences, in input order, CPU [N].
 
-    Sequences run longest first, `rows` per forward pass, so each batch pads only to lengths near its
-    own (chosen and rejected of a pair are scored apart: their lengths often differ more than pairs do).
+    Sequences run longest first, about `rows` per forward pass, so each batch pads only to lengths
+    near its own. With `share_prompts`, sequences that start with the same prompt tokens (the chosen and
+    rejected replies of a pair, N best-of-N samples) are one unit whose prompt runs once
+    (`data.collator.lay_out_rows`), after a check that the model's attention takes the mask (else a note
+    and padded rows).
     """
     from tqdm.auto import tqdm
 
-    from .data.collator import pad_rows
+    from .data.collator import lay_out_rows, pad_rows
 
     device = next(model.parameters()).device
-    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    heads = {"need_rewards": need_rewards, "need_logps": need_logps}
+    groups = prompt_groups(sequences, prompt_lengths) if share_prompts else [[i] for i in range(len(sequences))]
+    if not any(len(group) > 1 for group in groups) or not sharing_holds(
+        model, sequences, prompt_lengths, groups, **heads
+    ):
+        groups = [[i] for i in range(len(sequences))]
+    size = {id(g): sum(len(sequences[i]) for i in g) - (len(g) - 1) * min(prompt_lengths[i] for i in g) for g in groups}
+    groups.sort(key=lambda g: -size[id(g)])
+    batches, batch_groups, count = [], [], 0
+    for group in groups:  # about `rows` sequences per pass
+        batch_groups.append(group)
+        count += len(group)
+        if count >= rows:
+            batches.append(batch_groups)
+            batch_groups, count = [], 0
+    if batch_groups:
+        batches.append(batch_groups)
     collected: dict[str, list[Tensor]] = {}
-    for start in tqdm(range(0, len(order), rows), desc=desc, unit="batch", disable=len(order) <= rows):
-        members = order[start : start + rows]
-        batch = pad_rows(
-            [sequences[i] for i in members], [prompt_lengths[i] for i in members], pad_token_id, padding_side
-        )
-        batch = {key: value.to(device) for key, value in batch.items()}
-        outputs = forward_rows(model, batch, need_rewards, need_logps)
+    order: list[int] = []
+    for batch_groups in tqdm(batches, desc=desc, unit="batch", disable=len(batches) <= 1):
+        members = [i for group in batch_groups for i in group]
+        ids, prompts = [sequences[i] for i in members], [prompt_lengths[i] for i in members]
+        if any(len(group) > 1 for group in batch_groups):
+            local, groups_here = iter(range(len(members))), []
+            for group in batch_groups:
+                groups_here.append([next(local) for _ in group])
+            batch = lay_out_rows(ids, prompts, groups_here, pad_token_id, pack=False)
+        else:
+            batch = pad_rows(ids, prompts, pad_token_id, padding_side)
+        outputs = forward_rows(model, _to(batch, device), need_rewards, need_logps)
+        order.extend(members)
         for name, values in zip(("rewards", "logps", "lengths"), outputs):
             if values is not None:
                 collected.setdefault(name, []).append(values.float().cpu())

@@ -27,6 +27,7 @@ import torch
 from .checkpoint import load_base_model, load_trained, read_hafrm_config
 from .data.templates import encode_response, encode_text
 from .data.tokenize import fit_to_length
+from .devices import to_scoring_device
 from .losses import PolicyLogps, implicit_rewards, needs_reference
 from .model import score_sequences
 from .reference import adapters_disabled
@@ -72,10 +73,13 @@ def reward_kind(directory: str | Path) -> str:
 class RewardModel:
     """A reward model loaded once and scored many times (see the module docstring for the kinds)."""
 
-    def __init__(self, directory: str | Path, max_length: int | None = None, batch_size: int = 16):
+    def __init__(
+        self, directory: str | Path, max_length: int | None = None, batch_size: int = 16, share_prompts: bool = True
+    ):
         self.directory = Path(directory)
         self.kind = reward_kind(self.directory)
         self.batch_size = batch_size
+        self.share_prompts = share_prompts  # responses to one prompt (best-of-N samples) run it once
         self.run = read_hafrm_config(self.directory) if self.kind != "classifier" else {}
         self.max_length = max_length or self.run.get("max_length") or 1024
         config = json.loads((self.directory / "config.json").read_text()) if self.kind != "implicit reward" else {}
@@ -90,8 +94,7 @@ class RewardModel:
 
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.directory))
             model = AutoModelForSequenceClassification.from_pretrained(str(self.directory), dtype=torch.float32)
-            if torch.cuda.is_available():
-                model.to("cuda")
+            to_scoring_device(model)
             self._model = model.eval()
             if self.tokenizer.pad_token_id is None:
                 self.batch_size = 1  # no pad: one text per pass, so pooling never looks for one
@@ -123,7 +126,14 @@ class RewardModel:
             else:
                 pad = self.tokenizer.pad_token_id
                 values = score_sequences(
-                    self._model, sequences, prompt_lengths, self.batch_size, pad, "right", desc=desc
+                    self._model,
+                    sequences,
+                    prompt_lengths,
+                    self.batch_size,
+                    pad,
+                    "right",
+                    desc=desc,
+                    share_prompts=self.share_prompts,
                 )["rewards"].tolist()
         if normalize and self.mean is not None and self.std:
             values = [(value - self.mean) / self.std for value in values]
@@ -160,7 +170,9 @@ class RewardModel:
         with_reference = needs_reference(self.run["policy_loss"])
 
         def logps(model, what):
-            return score_sequences(model, sequences, prompt_lengths, self.batch_size, pad, "right", False, True, what)
+            return score_sequences(
+                model, sequences, prompt_lengths, self.batch_size, pad, "right", False, True, what, self.share_prompts
+            )
 
         reference = None
         memo_key = (self.run["base_model"], _ids_digest(sequences, prompt_lengths))
@@ -168,8 +180,7 @@ class RewardModel:
             reference = _REFERENCE_MEMO[memo_key]
         elif with_reference and not is_lora:
             base, _ = load_base_model(self.run["base_model"], with_score_head=False)
-            if torch.cuda.is_available():
-                base.to("cuda")
+            to_scoring_device(base)
             reference = _REFERENCE_MEMO[memo_key] = logps(base.eval(), f"{desc} (reference)")["logps"]
             del base
             gc.collect()
@@ -197,11 +208,11 @@ class RewardHead:
     of a different batch).
     """
 
-    def __init__(self, directory: str | Path, max_length: int | None = None):
+    def __init__(self, directory: str | Path, max_length: int | None = None, dtype: torch.dtype = torch.float32):
         self.directory = Path(directory)
         if reward_kind(self.directory) != "reward head":
             raise ValueError(f"{directory} has no reward head (a dpo run): serve an rm or haf run")
-        self.model, self.tokenizer, self.run = load_trained(self.directory)
+        self.model, self.tokenizer, self.run = load_trained(self.directory, dtype)
         self.max_length = max_length or self.run["max_length"]
         config = (
             json.loads((self.directory / "config.json").read_text())

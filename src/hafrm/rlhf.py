@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 
 from .config import RlhfConfig
+from .devices import on_cpu
 
 EVAL_DIR, CURVE = "eval", "curve.jsonl"
 
@@ -188,7 +189,6 @@ def _policy(cfg: RlhfConfig):
 
 def trainer_arguments(cfg: RlhfConfig):
     """GRPOConfig / RLOOConfig from the flags: a step takes `batch_size` prompts x `num_generations` completions."""
-    import torch
     from trl import GRPOConfig, RLOOConfig
 
     config_class = GRPOConfig if cfg.algorithm == "grpo" else RLOOConfig
@@ -212,7 +212,7 @@ def trainer_arguments(cfg: RlhfConfig):
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=cfg.bf16,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=on_cpu(),
         report_to=[] if cfg.report_to == "none" else cfg.report_to.split(","),
         disable_dropout=True,
         gradient_checkpointing=False,  # TRL turns it on by default; a 135M policy fits without, and steps are faster

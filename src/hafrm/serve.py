@@ -352,7 +352,9 @@ def run_serve(cfg: ServeConfig) -> None:
     from .rewards import RewardHead
 
     api_key = os.environ.get(cfg.api_key_env) or None
-    head = RewardHead(cfg.model, cfg.max_length)
+    import torch
+
+    head = RewardHead(cfg.model, cfg.max_length, getattr(torch, cfg.dtype))
     app = create_app(head, cfg, api_key)
     if cfg.host not in {"127.0.0.1", "localhost", "::1"}:
         print(

@@ -23,23 +23,19 @@ from .checkpoint import load_base_model, read_hafrm_config, update_config_json, 
 from .config import TrainConfig
 from .data import BUILTIN, PairCollator, load_data, split_validation, tokenize_pairs, write_skipped_rows
 from .data.load import has_split, parse_spec
+from .devices import on_cpu
 from .finetune import prepare_finetuning
 from .guard import NumericalGuard, TrainingStopped
-from .model import packing_error
+from .model import LAYOUT_TOLERANCE, layout_tolerance, packing_error, sharing_error
 from .objective import Objective
+from .prefix_cache import FrozenPrefixCache, cache_error
 from .reference import add_reference_logps, dataset_fingerprint, model_fingerprint
 from .rundir import RunDirectory
-from .trainer import HybridTrainer
+from .trainer import EpochTimer, HybridTrainer
 
 logger = logging.getLogger(__name__)
-# Packed and padded results of one pair may differ by float rounding (~1e-6 relative in fp32), no more.
-PACKING_TOLERANCE = 1e-3
+PACKING_TOLERANCE = SHARING_TOLERANCE = LAYOUT_TOLERANCE
 SKIPPED_ROWS = "skipped-rows.jsonl"
-
-
-def on_cpu() -> bool:
-    """No accelerator here: train on the CPU (several processes join on gloo under `accelerate launch`)."""
-    return not torch.accelerator.is_available()
 
 
 def engines_ignored() -> list[str]:
@@ -183,9 +179,36 @@ def summarise(trainer: HybridTrainer) -> dict:
 
 def packing_holds(model, row: dict, objective: Objective) -> bool:
     """Whether packed rows give this model's padded results (checked on one pair); says so when not."""
+    return _layout_holds(
+        model,
+        row,
+        objective,
+        packing_error,
+        "packing",
+        "two sequences packed in one row",
+        "packed rows",
+        "its attention does not keep packed sequences apart, so batches are padded",
+    )
+
+
+def sharing_holds(model, row: dict, objective: Objective) -> bool:
+    """Whether a pair run with its prompt shared gives this model's padded results; says so when not."""
+    return _layout_holds(
+        model,
+        row,
+        objective,
+        sharing_error,
+        "prompt sharing",
+        "a pair with its prompt shared",
+        "shared-prompt rows",
+        "its attention ignores the shared-rows mask, so each prompt runs twice",
+    )
+
+
+def _layout_holds(model, row, objective, error_of, what, laid_out, rows_name, consequence) -> bool:
     name = type(model).__name__
     try:
-        error = packing_error(
+        error = error_of(
             model,
             row["chosen_input_ids"],
             row["rejected_input_ids"],
@@ -193,14 +216,14 @@ def packing_holds(model, row: dict, objective: Objective) -> bool:
             need_rewards=objective.uses_reward_head,
             need_logps=objective.uses_policy_head,
         )
-    except Exception as exc:  # a model that cannot run without an attention mask, or with restarting positions
-        say(f"note: packing off: {name} failed on packed rows ({type(exc).__name__}: {exc}), so batches are padded")
+    except Exception as exc:  # a model that cannot run without an attention mask, with restarting positions, a 4-D mask
+        fallback = "batches are padded" if what == "packing" else "each prompt runs twice"
+        say(f"note: {what} off: {name} failed on {rows_name} ({type(exc).__name__}: {exc}), so {fallback}")
         return False
-    if error <= PACKING_TOLERANCE:
+    if error <= layout_tolerance(model):
         return True
     say(
-        f"note: packing off: {name} scores two sequences packed in one row differently from padded"
-        f" (relative difference {error:.2g}); its attention does not keep packed sequences apart, so batches are padded"
+        f"note: {what} off: {name} scores {laid_out} differently from padded (relative difference {error:.2g}); {consequence}"
     )
     return False
 
@@ -255,7 +278,9 @@ def _train(cfg: TrainConfig, run_dir: RunDirectory, state: PartialState, callbac
         train_set, eval_set = load_datasets(cfg, tokenizer)
         collator = PairCollator(pad_token_id=tokenizer.pad_token_id, padding_side=cfg.padding_side)
         collator.packing = cfg.packing and packing_holds(model, train_set[0], objective)
-        cfg = replace(cfg, packing=collator.packing)  # hafrm.json records what ran
+        collator.prompt_sharing = cfg.prompt_sharing and sharing_holds(model, train_set[0], objective)
+        # hafrm.json records what ran
+        cfg = replace(cfg, packing=collator.packing, prompt_sharing=collator.prompt_sharing)
         identity = run_identity(cfg, objective, model, tokenizer, train_set, eval_set)
         checkpoint, notes = run_dir.resume_point(cfg.resume, main_process=state.is_main_process)
         for note in notes:
@@ -264,6 +289,11 @@ def _train(cfg: TrainConfig, run_dir: RunDirectory, state: PartialState, callbac
             say(note)
         if state.is_main_process:
             run_dir.start(identity)
+        prefix_cache, train_set, eval_set = frozen_prefix_cache(
+            cfg, model, objective, collator, train_set, eval_set, state
+        )
+        collator.prefix_cache = prefix_cache
+        identity["prefix_cache"] = prefix_cache is not None  # hafrm.json records what ran
         if objective.needs_reference and cfg.reference == "cache":
             batch = cfg.eval_batch_size or cfg.batch_size
             train_set = add_reference_logps(model, train_set, collator, batch)
@@ -280,20 +310,60 @@ def _train(cfg: TrainConfig, run_dir: RunDirectory, state: PartialState, callbac
         objective=objective,
         run_config=identity,
         guard=NumericalGuard(cfg.lr, cfg.beta, objective.uses_policy_head, train_set, say),
-        callbacks=callbacks,
+        callbacks=[EpochTimer(say), *(callbacks or [])],
     )
     try:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except TrainingStopped as stop:
-        raise TrainingStopped(f"{stop}. {kept_so_far(trainer)}") from None
-    if eval_set is not None:
-        trainer.evaluate()  # log the kept (best) checkpoint's figures last
+        try:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except TrainingStopped as stop:
+            raise TrainingStopped(f"{stop}. {kept_so_far(trainer)}") from None
+        if eval_set is not None:
+            trainer.evaluate()  # log the kept (best) checkpoint's figures last
+    finally:
+        if prefix_cache is not None:
+            prefix_cache.close()
     trainer.save_model(cfg.output_dir)
     summary = summarise(trainer)
     if objective.uses_reward_head and "final" in summary and trainer.args.should_save:
         record_reward_moments(cfg.output_dir, summary["final"]["eval_reward_mean"], summary["final"]["eval_reward_std"])
     print_summary(summary, cfg)
     return summary
+
+
+def frozen_prefix_cache(cfg: TrainConfig, model, objective: Objective, collator, train_set, eval_set, state):
+    """`--finetune freeze`: the frozen blocks' output for every sequence, computed once -> (cache or None, sets).
+
+    The sets come back with a `cache_row` column when the cache is used. Checked on one pair against the
+    whole forward; off, with a note, where it would not give the same numbers or cannot run.
+    """
+    if cfg.finetune != "freeze" or not cfg.prefix_cache:
+        return None, train_set, eval_set
+    n_frozen = model.config.get_text_config().num_hidden_layers - cfg.trainable_layers
+    reason = None
+    if n_frozen < 1:
+        reason = "every block trains"
+    elif cfg.keep_dropout:
+        reason = "--keep-dropout makes the frozen blocks' output differ from epoch to epoch"
+    elif state.num_processes > 1:
+        reason = "it runs in one process only"
+    if reason:
+        say(f"note: frozen-prefix cache off: {reason}")
+        return None, train_set, eval_set
+    sets = [train_set] + ([eval_set] if eval_set is not None else [])
+    batch = cfg.eval_batch_size or cfg.batch_size
+    cache, numbered = FrozenPrefixCache.build(model, n_frozen, sets, cfg.output_dir, batch, say)
+    heads = {"need_rewards": objective.uses_reward_head, "need_logps": objective.uses_policy_head}
+    try:
+        error = cache_error(model, cache, collator, numbered[0][0], **heads)
+    except Exception as exc:  # an architecture whose forward does not take inputs_embeds with blocks handed through
+        error, failure = float("inf"), f"failed ({type(exc).__name__}: {exc})"
+    else:
+        failure = f"gives other results (relative difference {error:.2g})"
+    if error > layout_tolerance(model):
+        cache.close()
+        say(f"note: frozen-prefix cache off: {type(model).__name__} run from the cached states {failure}")
+        return None, train_set, eval_set
+    return cache, numbered[0], numbered[1] if eval_set is not None else None
 
 
 def kept_so_far(trainer: HybridTrainer) -> str:

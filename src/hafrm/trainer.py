@@ -12,12 +12,13 @@ Logged metrics (train, and with an `eval_` prefix on validation):
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from .checkpoint import update_config_json, write_adapter_note, write_hafrm_config
@@ -41,6 +42,23 @@ def pairwise_metrics(eval_prediction) -> dict[str, float]:
     if not np.isnan(scores[:, 2]).any():
         metrics["implicit_accuracy"] = float((scores[:, 2] > scores[:, 3]).mean())
     return metrics
+
+
+class EpochTimer(TrainerCallback):
+    """Says how long each epoch took (training steps and the validation inside it), and keeps the times."""
+
+    def __init__(self, say=print):
+        self.say = say
+        self.seconds: list[float] = []
+        self._began = None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._began = time.perf_counter()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self._began is not None:
+            self.seconds.append(time.perf_counter() - self._began)
+            self.say(f"epoch {len(self.seconds)}: {self.seconds[-1]:.1f} s (step {state.global_step})")
 
 
 class HybridTrainer(Trainer):

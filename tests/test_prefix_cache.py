@@ -1,0 +1,115 @@
+"""Frozen-prefix cache (`--finetune freeze`): the cached path gives the whole forward's numbers, in every layout."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hafrm.checkpoint import load_base_model
+from hafrm.cli import main
+from hafrm.config import TrainConfig
+from hafrm.data import PairCollator, read_pairs, tokenize_pairs
+from hafrm.finetune import prepare_finetuning
+from hafrm.model import hybrid_forward
+from hafrm.prefix_cache import FrozenPrefixCache, transformer_blocks
+
+FAST = ["--max-length", "96", "--batch-size", "4", "--lr", "5e-3", "--logging-steps", "1", "--val-fraction", "0.25"]
+LAYOUTS = {"padded": {}, "packed": {"packing": True}, "shared": {"prompt_sharing": True, "packing": True}}
+
+
+def _frozen_model(tiny_model):
+    model, tokenizer = load_base_model(tiny_model, with_score_head=True)
+    cfg = TrainConfig(finetune="freeze", trainable_layers=1)
+    return prepare_finetuning(model, cfg, uses_policy_head=True), tokenizer
+
+
+def _outputs_and_gradients(model, batch):
+    model.zero_grad()
+    out = hybrid_forward(model, batch, need_rewards=True, need_logps=True)
+    loss = (out.chosen_rewards - out.rejected_rewards).sum() + (out.chosen_logps - 0.5 * out.rejected_logps).sum()
+    loss.backward()
+    return out, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_cached_states_give_the_whole_forwards_results_and_gradients(
+    layout, on_disk, tiny_model, pairs_file, tmp_path, monkeypatch
+):
+    import hafrm.prefix_cache
+
+    if on_disk:
+        monkeypatch.setattr(hafrm.prefix_cache, "RAM_SHARE", 0.0)
+    model, tokenizer = _frozen_model(tiny_model)
+    train_set, _ = tokenize_pairs(read_pairs(str(pairs_file))[:6], tokenizer, max_length=96)
+    eval_set, _ = tokenize_pairs(read_pairs(str(pairs_file))[6:9], tokenizer, max_length=96)
+    cache, (train_rows, eval_rows) = FrozenPrefixCache.build(model, 1, [train_set, eval_set], tmp_path, batch_size=2)
+    assert cache.on_disk is on_disk and (tmp_path / "frozen-prefix.f32").is_file() is on_disk
+    assert train_rows["cache_row"] == list(range(6)) and eval_rows["cache_row"] == [6, 7, 8]
+    calls = []
+    transformer_blocks(model)[0].register_forward_hook(lambda *args: calls.append(1))
+    for rows in ([train_rows[i] for i in (4, 0, 2)], [eval_rows[i] for i in (2, 1)]):
+        collator = PairCollator(tokenizer.pad_token_id, **LAYOUTS[layout])
+        whole, whole_grads = _outputs_and_gradients(model, collator(rows))
+        calls.clear()
+        collator.prefix_cache = cache
+        batch = collator(rows)
+        assert batch["frozen_states"].shape == (*batch["input_ids"].shape, 32)
+        cached, cached_grads = _outputs_and_gradients(model, batch)
+        assert not calls  # the frozen block did not run
+        for field in ("chosen_rewards", "rejected_rewards", "chosen_logps", "rejected_logps"):
+            torch.testing.assert_close(getattr(cached, field), getattr(whole, field), rtol=1e-4, atol=1e-5)
+        assert cached_grads.keys() == whole_grads.keys() and len(whole_grads) > 1
+        for name in whole_grads:
+            torch.testing.assert_close(cached_grads[name], whole_grads[name], rtol=1e-3, atol=1e-6, msg=name)
+    assert isinstance(transformer_blocks(model)[0], type(transformer_blocks(model)[1]))  # the block is back
+    cache.close()
+    assert not (tmp_path / "frozen-prefix.f32").exists()
+
+
+def train(tiny_model, pairs_file, output_dir, *flags) -> Path:
+    argv = ["train", "--model", tiny_model, "--data", str(pairs_file), "--output-dir", str(output_dir), *FAST, *flags]
+    assert main(argv) == 0
+    return Path(output_dir)
+
+
+def history(directory: Path) -> list[float]:
+    last = max(directory.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    entries = json.loads((last / "trainer_state.json").read_text())["log_history"]
+    return [entry[key] for entry in entries for key in ("loss", "grad_norm", "eval_loss") if key in entry]
+
+
+def test_freeze_training_with_the_cache_follows_the_uncached_run(tiny_model, pairs_file, tmp_path, capsys):
+    flags = ("--finetune", "freeze", "--trainable-layers", "1", "--epochs", "3", "--eval-steps", "4")
+    runs = [
+        train(tiny_model, pairs_file, tmp_path / name, *flags, *extra)
+        for name, extra in (("whole", ["--no-prefix-cache"]), ("cached", []))
+    ]
+    printed = capsys.readouterr().out
+    assert printed.count("frozen-prefix cache: blocks 1-1 run once over 96 sequences") == 1  # 36 + 12 pairs
+    assert printed.count("epoch 3:") == 2
+    # 3 epochs of 9 steps: each step's loss and norm; 8 validations (the start, every 4 steps, the last step)
+    assert len(history(runs[0])) == 27 * 2 + 8
+    assert history(runs[1]) == pytest.approx(history(runs[0]), rel=1e-4)
+    assert json.loads((runs[1] / "hafrm.json").read_text())["prefix_cache"] is True
+    assert not (runs[1] / "frozen-prefix.f32").exists()
+
+
+def test_the_cache_stays_off_where_it_would_not_hold(tiny_model, pairs_file, tmp_path, monkeypatch, capsys):
+    import hafrm.prefix_cache
+
+    base = ("--finetune", "freeze", "--trainable-layers", "1", "--max-steps", "1", "--method", "rm")
+    out = train(tiny_model, pairs_file, tmp_path / "dropout", *base, "--keep-dropout")
+    assert "note: frozen-prefix cache off: --keep-dropout makes" in capsys.readouterr().out
+    assert json.loads((out / "hafrm.json").read_text())["prefix_cache"] is False
+    train(
+        tiny_model, pairs_file, tmp_path / "all", "--finetune", "freeze", "--trainable-layers", "2", "--max-steps", "1"
+    )
+    assert "note: frozen-prefix cache off: every block trains" in capsys.readouterr().out
+    # an architecture whose input is rescaled before the first block (Gemma scales its embeddings)
+    monkeypatch.setattr(hafrm.prefix_cache.SkippedBlock, "forward", lambda self, hidden, *a, **k: 2 * hidden)
+    train(tiny_model, pairs_file, tmp_path / "scaled", *base)
+    assert "note: frozen-prefix cache off: LlamaForCausalLM run from the cached states gives other results" in (
+        capsys.readouterr().out
+    )
