@@ -101,3 +101,29 @@ def test_gpu_script_runs_end_to_end_at_toy_sizes(tiny_model, pairs_file, tmp_pat
     assert "best-of-2 hafrm / per-response" in (out / "score.txt").read_text()
     results = (out / "quality-results.md").read_text()
     assert all(run in results for run in ("rm", "dpo", "haf")) and "pandalm" in results
+
+
+def test_freeze_epochs_benchmark_times_both_runs(tiny_model, pairs_file):
+    out = run(
+        "freeze_epochs.py",
+        *("--model", tiny_model, "--data", str(pairs_file), "--pairs", "8", "--batch-size", "4"),
+        *("--max-length", "96", "--epochs", "2", "--trainable-layers", "1"),
+    )
+    assert re.search(r"^1\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.MULTILINE)
+    assert re.search(r"^2\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.MULTILINE)
+    assert "cached run: first epoch with the build" in out
+    difference = float(re.search(r"two runs' step losses: (\S+)", out).group(1))
+    assert difference < 1e-4  # the cache changes the time, not the training
+
+
+def test_attention_benchmark_runs_every_layout(tiny_model, pairs_file):
+    out = run(
+        "attention.py",
+        *("--model", tiny_model, "--data", str(pairs_file), "--batch-size", "2", "--max-length", "96"),
+        *("--repeats", "1", "--implementations", "sdpa,eager"),
+    )
+    for implementation in ("sdpa", "eager"):
+        for layout in ("padded", "packed", "shared", "shared+packed"):
+            line = re.search(rf"^{implementation}\s+{re.escape(layout)}\s+\d+\s.*\s(\S+)  \(median", out, re.MULTILINE)
+            assert line, (implementation, layout)
+            assert float(line.group(1)) < 1e-4  # the layout changes the time, not the rewards

@@ -163,3 +163,22 @@ def test_sharing_turns_itself_off_for_a_model_that_cannot_take_the_mask(
         in printed
     )
     assert batches and all("segment_ids" not in batch for batch in batches)
+
+
+def test_flex_attention_takes_the_shared_rows_as_a_block_mask(tiny_model, pairs_file):
+    """With FlexAttention the mask is a BlockMask (its kernel skips masked blocks); same results as padded."""
+    from hafrm.model import hybrid_forward
+
+    model, tokenizer = load_base_model(tiny_model, with_score_head=True)
+    dataset, _ = tokenize_pairs(read_pairs(str(pairs_file))[:3], tokenizer, max_length=96)
+    rows = [dataset[i] for i in range(3)]
+    with torch.no_grad():
+        padded = hybrid_forward(model.eval(), PairCollator(tokenizer.pad_token_id)(rows), True, True)
+        model.set_attn_implementation("flex_attention")
+        batch = PairCollator(tokenizer.pad_token_id, prompt_sharing=True, packing=True)(rows)
+        try:
+            shared = hybrid_forward(model, batch, True, True)
+        except Exception as exc:  # torch cannot compile FlexAttention for this machine
+            pytest.skip(f"FlexAttention does not run here: {type(exc).__name__}: {exc}")
+    for field in ("chosen_rewards", "rejected_rewards", "chosen_logps", "rejected_logps"):
+        torch.testing.assert_close(getattr(shared, field), getattr(padded, field), rtol=1e-4, atol=1e-4)

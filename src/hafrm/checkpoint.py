@@ -80,10 +80,12 @@ def load_base_model(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     keep_dropout: bool = True,
+    attn_implementation: str | None = None,
 ):
     """A hub id, a local checkpoint or the default model's alias -> (causal LM [+ score], tokenizer).
 
     keep_dropout=False builds the model with every dropout rate at 0 (what training uses by default).
+    attn_implementation: transformers' attention (sdpa, eager, flex_attention, flash_attention_2); None: the model's.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -92,7 +94,8 @@ def load_base_model(
     config = AutoConfig.from_pretrained(path)
     if not keep_dropout:
         zero_dropout(config)
-    model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, **extra)
     if not keep_dropout:
         for module in model.modules():  # any dropout a model builds with a fixed rate
             if isinstance(module, nn.Dropout):

@@ -58,6 +58,11 @@ class TrainConfig:
     )
     lora_target_modules: str = _help("comma-separated module names, or all-linear", default="all-linear")
     gradient_checkpointing: bool = _help("recompute trunk activations in backward", default=False)
+    attn_implementation: str | None = _help(
+        "transformers attention: sdpa, eager, flex_attention (GPU: shared-prompt rows then skip the masked blocks),"
+        " flash_attention_2 (takes no shared-prompt mask: sharing turns itself off); default: the model's own",
+        default=None,
+    )
     keep_dropout: bool = _help(
         "train with the model's own dropout (default: set to 0 as TRL's reward and DPO trainers do, so chosen and "
         "rejected see one network and policy log-probs start equal to the reference's)",

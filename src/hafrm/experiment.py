@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from .config import BonConfig, EvalConfig, RlhfConfig, TrainConfig
+from .rundir import FREE_ON_RESUME
 from .validation import ConfigError, check_fields, coerce, validate
 
 DESIGNS = ("comparison", "mixed", "transfer", "alpha-sweep", "head-agreement", "bon", "rlhf")
@@ -187,7 +188,9 @@ def reusable_run(spec: ExperimentSpec, run_name: str, seed: int) -> Path | None:
         return None
     recorded = json.loads((other / "hafrm.json").read_text())
     wanted = dataclasses.asdict(train_config(spec, run_name, seed))
-    ignored = {"model", "resume", "output_dir", "report_to", "data"}
+    # hafrm.json records what ran: exact ways of computing (packing, prompt sharing, the frozen-prefix cache)
+    # may be off there where a check turned them off, and change no result
+    ignored = {"model", "resume", "output_dir", "report_to", "data", "packing"} | FREE_ON_RESUME
     differing = sorted(k for k in wanted if k not in ignored and k in recorded and recorded[k] != wanted[k])
     if recorded.get("base_model") != wanted["model"] or (recorded.get("data") != (wanted["data"] or "builtin")):
         differing.append("model or data")

@@ -419,10 +419,9 @@ def sharing_holds(model: nn.Module, sequences, prompt_lengths, groups, **heads) 
         group = next(g for g in groups if len(g) > 1)
         first, second = (sequences[i] for i in group[:2])
         try:
-            verdict = (
-                sharing_error(model, first, second, min(prompt_lengths[i] for i in group[:2]), **heads)
-                <= layout_tolerance(model)
-            )
+            verdict = sharing_error(
+                model, first, second, min(prompt_lengths[i] for i in group[:2]), **heads
+            ) <= layout_tolerance(model)
         except Exception:  # an attention kernel that cannot take the mask
             verdict = False
         if not verdict:

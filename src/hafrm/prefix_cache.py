@@ -76,6 +76,7 @@ class FrozenPrefixCache:
         self.offsets = offsets  # [rows, 2]: where the chosen / rejected sequence of each row starts
         self.n_frozen = n_frozen
         self.path = path
+        self.build_seconds = 0.0
 
     @property
     def on_disk(self) -> bool:
@@ -158,15 +159,18 @@ class FrozenPrefixCache:
         if path is not None:
             states.flush()
         where = f"memory-mapped at {path}" if path else "in RAM"
+        seconds = time.perf_counter() - began
         say(
             f"frozen-prefix cache: blocks 1-{n_frozen} run once over {len(sequences)} sequences ({total} tokens) in "
-            f"{time.perf_counter() - began:.1f} s; {nbytes / 2**20:.0f} MiB {where}"
+            f"{seconds:.1f} s; {nbytes / 2**20:.0f} MiB {where}"
         )
         numbered, row_base = [], 0
         for dataset in datasets:
             numbered.append(dataset.add_column("cache_row", list(range(row_base, row_base + len(dataset)))))
             row_base += len(dataset)
-        return cls(states, offsets, n_frozen, path), numbered
+        cache = cls(states, offsets, n_frozen, path)
+        cache.build_seconds = seconds
+        return cache, numbered
 
     def batch_states(self, batch: dict) -> torch.Tensor:
         """The cached states laid out as `batch` lays out its tokens -> [R, L, H] (zeros at padding)."""

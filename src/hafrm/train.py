@@ -272,7 +272,11 @@ def _train(cfg: TrainConfig, run_dir: RunDirectory, state: PartialState, callbac
     # checkpoint to resume from and fills the reference cache first; the others then read all of it.
     with state.main_process_first():
         model, tokenizer = load_base_model(
-            cfg.model, with_score_head=objective.uses_reward_head, seed=cfg.seed, keep_dropout=cfg.keep_dropout
+            cfg.model,
+            with_score_head=objective.uses_reward_head,
+            seed=cfg.seed,
+            keep_dropout=cfg.keep_dropout,
+            attn_implementation=cfg.attn_implementation,
         )
         tokenizer.padding_side = cfg.padding_side
         train_set, eval_set = load_datasets(cfg, tokenizer)
@@ -310,7 +314,7 @@ def _train(cfg: TrainConfig, run_dir: RunDirectory, state: PartialState, callbac
         objective=objective,
         run_config=identity,
         guard=NumericalGuard(cfg.lr, cfg.beta, objective.uses_policy_head, train_set, say),
-        callbacks=[EpochTimer(say), *(callbacks or [])],
+        callbacks=[epoch_timer := EpochTimer(say), *(callbacks or [])],
     )
     try:
         try:
@@ -324,6 +328,8 @@ def _train(cfg: TrainConfig, run_dir: RunDirectory, state: PartialState, callbac
             prefix_cache.close()
     trainer.save_model(cfg.output_dir)
     summary = summarise(trainer)
+    summary["epoch_seconds"] = epoch_timer.seconds
+    summary["prefix_cache_build_seconds"] = prefix_cache.build_seconds if prefix_cache is not None else None
     if objective.uses_reward_head and "final" in summary and trainer.args.should_save:
         record_reward_moments(cfg.output_dir, summary["final"]["eval_reward_mean"], summary["final"]["eval_reward_std"])
     print_summary(summary, cfg)
