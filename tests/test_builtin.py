@@ -215,3 +215,41 @@ def test_check_grades_any_reply_to_a_builtin_prompt(rows_by_split):
 def test_check_refuses_a_prompt_without_builtin_constraints():
     with pytest.raises(ValueError, match="no built-in constraint"):
         check("Write a poem about the sea.", "The sea.")
+
+
+def test_any_size_keeps_each_splits_own_topics_and_order(rows_by_split):
+    """`builtin:SPLIT@N`: N pairs, the default set as its start, topics (hence prompts) still disjoint."""
+    from hafrm.data.builtin import split_topics
+
+    large = {
+        split: builtin_rows(split, count) for split, count in (("train", 4000), ("validation", 500), ("test", 2000))
+    }
+    for split, rows in large.items():
+        assert (
+            len(rows) == len({row["prompt"] for row in rows}) == {"train": 4000, "validation": 500, "test": 2000}[split]
+        )
+        assert rows[: SPLITS[split]] == rows_by_split[split]
+        assert builtin_rows(split, 7) == rows[:7]
+        topics = split_topics(split)
+        assert all(any(topic in row["prompt"] for topic in topics) for row in rows[:50])
+        for row in rows[::97]:  # the labels stay exact at any size
+            assert check(row["prompt"], row["chosen"]) == 1.0
+            broken = [c.kind for c in parse_constraints(row["prompt"]) if not c.is_met(row["rejected"])]
+            assert broken == [row["subset"]]
+    prompts = {split: {row["prompt"] for row in rows} for split, rows in large.items()}
+    assert not prompts["train"] & prompts["test"] and not prompts["train"] & prompts["validation"]
+    assert not prompts["validation"] & prompts["test"]
+    assert {row["subset"] for row in large["test"]} == set(KINDS)
+
+
+def test_builtin_at_n_through_the_loader_and_its_errors():
+    from hafrm.bon import read_prompts
+    from hafrm.data import load_data
+    from hafrm.data.load import DataError
+
+    pairs, reports = load_data("builtin:test@300")
+    assert len(pairs) == 300 and "test split, 300 pairs" in reports[0].summary()
+    assert read_prompts("builtin:validation@5") == [row["prompt"] for row in builtin_rows("validation")[:5]]
+    for bad in ("builtin:test@0", "builtin:test@many"):
+        with pytest.raises(DataError, match=r"the pair count after @ must be a whole number of at least 1"):
+            load_data(bad)

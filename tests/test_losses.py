@@ -105,3 +105,33 @@ def test_one_implicit_reward_per_loss(name, chosen, rejected):
     # the training logs read the same numbers
     _, metrics = policy_loss(name, LOGPS, beta=0.1)
     assert metrics["implicit_rewards/chosen"].item() == pytest.approx(chosen)
+
+
+def test_grm_sft_is_the_log_sigmoid_of_the_chosen_log_prob():
+    # β · log π(y_c) = 0.1 · -10 = -1: loss -log σ(-1) = log(1 + e) = 1.3133; the rejected side is only scored
+    loss, metrics = policy_loss("grm-sft", PolicyLogps(t(-10.0, -30.0), t(-12.0, -1.0), t(2.0, 2.0), t(4.0, 4.0)))
+    assert loss.item() == pytest.approx((math.log1p(math.e) + math.log1p(math.exp(3.0))) / 2)
+    assert loss.item() == pytest.approx((1.313262 + 3.048587) / 2, abs=1e-6)
+    assert metrics["implicit_rewards/chosen"].item() == pytest.approx((-1.0 - 3.0) / 2)
+    assert metrics["implicit_accuracy"].item() == 0.5  # -1 > -1.2, -3 < -0.1
+
+
+def test_dpo_noref_is_dpo_with_a_zero_reference():
+    logps = PolicyLogps(t(-10.0), t(-14.0), t(2.0), t(4.0))
+    loss, _ = policy_loss("dpo-noref", logps, beta=0.5)
+    assert loss.item() == pytest.approx(softplus(0.5 * (-10 + 14)))  # -log σ(2) = 0.126928
+    assert loss.item() == pytest.approx(0.126928, abs=1e-6)
+    zero_reference = PolicyLogps(t(-10.0), t(-14.0), t(2.0), t(4.0), t(0.0), t(0.0))
+    assert loss.item() == pytest.approx(policy_loss("dpo", zero_reference, beta=0.5)[0].item())
+
+
+def test_grm_weighting_maps_onto_alpha():
+    from hafrm.losses import grm_alpha
+
+    assert grm_alpha(0.01) == pytest.approx(0.01 / 0.99)
+    assert grm_alpha(0.0) == 0.0
+    bt, reg, w = t(0.7), t(2.0), 0.2
+    # (1 - w) · BT + w · reg == (1 - w) · (BT + α · reg)
+    assert ((1 - w) * bt + w * reg).item() == pytest.approx(((1 - w) * haf_loss(bt, reg, grm_alpha(w))).item())
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        grm_alpha(1.0)

@@ -44,7 +44,17 @@ def _record_batches(monkeypatch) -> list[dict]:
 
 @pytest.mark.parametrize(
     "method, policy_loss",
-    [("rm", "dpo"), ("dpo", "dpo"), ("haf", "dpo"), ("haf", "ipo"), ("haf", "hinge"), ("haf", "simpo"), ("haf", "sft")],
+    [
+        ("rm", "dpo"),
+        ("dpo", "dpo"),
+        ("haf", "dpo"),
+        ("haf", "ipo"),
+        ("haf", "hinge"),
+        ("haf", "simpo"),
+        ("haf", "sft"),
+        ("haf", "grm-sft"),
+        ("haf", "dpo-noref"),
+    ],
 )
 def test_training_with_shared_prompts_follows_the_unshared_run_on_fewer_tokens(
     method, policy_loss, tiny_model, pairs_file, tmp_path, monkeypatch

@@ -34,12 +34,11 @@ SAMPLING_FIELDS = ("policy", "prompts", "n", "temperature", "top_p", "max_new_to
 
 
 def read_prompts(spec: str, limit: int | None = None) -> list:
-    """`builtin:SPLIT` or a JSON / JSONL file of rows with a `prompt` (text or chat messages) -> prompts."""
+    """`builtin:SPLIT[@N]` or a JSON / JSONL file of rows with a `prompt` (text or chat messages) -> prompts."""
     if spec.startswith("builtin"):
-        from .data.builtin import builtin_rows
+        from .data.builtin import builtin_rows, split_and_count
 
-        split = spec.partition(":")[2] or "test"
-        prompts = [row["prompt"] for row in builtin_rows(split)]
+        prompts = [row["prompt"] for row in builtin_rows(*split_and_count(spec.partition(":")[2] or "test"))]
     else:
         prompts = _file_prompts(Path(spec))
     if limit is not None:

@@ -98,7 +98,10 @@ class TrainConfig:
     method: Literal["rm", "dpo", "haf"] = _help("rm, dpo (as a reward model) or haf", default="haf")
     alpha: float = _help("weight of the policy loss in haf", default=0.2)
     beta: float = _help("β of the policy loss (DPO temperature)", default=0.1)
-    policy_loss: Literal["dpo", "ipo", "hinge", "simpo", "sft"] = _help("policy-head loss", default="dpo")
+    policy_loss: Literal["dpo", "ipo", "hinge", "simpo", "sft", "grm-sft", "dpo-noref"] = _help(
+        "policy-head loss; grm-sft and dpo-noref are GRM's regularisers (GRM's weight w is α = w / (1 - w))",
+        default="dpo",
+    )
     simpo_gamma: float = _help("SimPO target margin γ", default=0.5)
     center_rewards_coef: float = _help("weight of the reward-centering term", default=0.0)
     reference: Literal["cache", "adapters"] = _help(

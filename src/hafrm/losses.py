@@ -120,6 +120,34 @@ def sft(logps: PolicyLogps, beta: float, gamma: float) -> tuple[Tensor, Tensor, 
     return -chosen_mean, chosen_mean, rejected_mean
 
 
+def grm_sft(logps: PolicyLogps, beta: float, gamma: float) -> tuple[Tensor, Tensor, Tensor]:
+    """GRM's SFT regulariser (Yang et al. 2024, its default form): -log σ(β · log π(y_c | x)).
+
+    log π summed over the chosen response's tokens, as GRM's trainer sums them; no reference, and the
+    rejected response enters only through the logged score β · log π(y_r | x).
+    """
+    chosen_scores, rejected_scores = beta * logps.chosen_logps, beta * logps.rejected_logps
+    return -F.logsigmoid(chosen_scores), chosen_scores, rejected_scores
+
+
+def dpo_noref(logps: PolicyLogps, beta: float, gamma: float) -> tuple[Tensor, Tensor, Tensor]:
+    """DPO without the reference policy (GRM's reference-free DPO regulariser): -log σ(β (log π_c - log π_r))."""
+    chosen_scores, rejected_scores = beta * logps.chosen_logps, beta * logps.rejected_logps
+    return -F.logsigmoid(chosen_scores - rejected_scores), chosen_scores, rejected_scores
+
+
+def grm_alpha(weight: float) -> float:
+    """hafrm's α for GRM's weighting loss = (1 - w) · BT + w · reg: the same objective up to the factor 1 - w.
+
+    (1 - w) · BT + w · reg = (1 - w) · (BT + α · reg) with α = w / (1 - w); GRM's default w = 0.01 is
+    α ≈ 0.0101. The overall factor scales every gradient alike, which Adam's update normalises away
+    (its ε and gradient clipping aside).
+    """
+    if not 0 <= weight < 1:
+        raise ValueError(f"GRM's weight must be in [0, 1), got {weight}")
+    return weight / (1 - weight)
+
+
 # name -> (loss function, needs reference log-probs)
 POLICY_LOSSES: dict[str, tuple[PolicyLossFn, bool]] = {
     "dpo": (dpo, True),
@@ -127,6 +155,8 @@ POLICY_LOSSES: dict[str, tuple[PolicyLossFn, bool]] = {
     "hinge": (hinge, True),
     "simpo": (simpo, False),
     "sft": (sft, False),
+    "grm-sft": (grm_sft, False),
+    "dpo-noref": (dpo_noref, False),
 }
 
 
@@ -138,7 +168,7 @@ def implicit_rewards(name: str, logps: PolicyLogps, beta: float = 0.1, gamma: fl
     """The implicit reward of each response under policy loss `name`, [B] chosen and [B] rejected.
 
     The scores the loss itself compares: β·(log π - log π_ref) for the losses with a reference
-    (dpo, ipo, hinge); β·mean log π for simpo; mean log π for sft. Training logs, validation and
+    (dpo, ipo, hinge); β·mean log π for simpo; mean log π for sft; β·log π for grm-sft and dpo-noref. Training logs, validation and
     `hafrm eval` all read it from here.
     """
     if name not in POLICY_LOSSES:

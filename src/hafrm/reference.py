@@ -10,7 +10,7 @@ Modes:
             same model, data and tokenisation reuses it.
   adapters  LoRA only: computed on the fly each step with the adapters disabled (no disk, costs one
             extra no-grad forward pass per step).
-Losses that need no reference (rm, simpo, sft) compute nothing here, in either mode.
+Losses that need no reference (rm, simpo, sft, grm-sft, dpo-noref) compute nothing here, in either mode.
 """
 
 from __future__ import annotations

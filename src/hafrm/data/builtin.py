@@ -30,6 +30,7 @@ from .length_rule import longer_is_better_accuracy
 __all__ = [
     "SOURCE",
     "SPLITS",
+    "split_and_count",
     "Constraint",
     "builtin_rows",
     "check",
@@ -362,22 +363,37 @@ def split_topics(split: str) -> list[str]:
     return order[start:stop]
 
 
-def builtin_rows(split: str = "train") -> list[dict]:
+def split_and_count(text: str) -> tuple[str, int | None]:
+    """`test` -> ("test", None); `test@2000` -> ("test", 2000): a built-in split and how many pairs to make."""
+    split, at, count = text.partition("@")
+    if not at:
+        return split, None
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"builtin:{text}: the pair count after @ must be a whole number of at least 1, got {count!r}")
+    return split, int(count)
+
+
+def builtin_rows(split: str = "train", count: int | None = None) -> list[dict]:
     """The rows of one split in TRL's standard format plus `subset`, the kind of the broken constraint.
 
     Deterministic: each split has its own seed. Broken kinds take turns so each is equally common,
-    and each kind alternately gets the longer chosen reply and the longer rejected one.
+    and each kind alternately gets the longer chosen reply and the longer rejected one. `count` pairs
+    (default: the split's size in SPLITS), drawn from the split's own topics; rows come out in the
+    same order whatever the count, so a smaller set is the start of a larger one.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} of the built-in set; valid splits: {', '.join(SPLITS)}")
+    count = SPLITS[split] if count is None else count
+    if count < 1:
+        raise ValueError(f"the built-in {split} split needs a pair count of at least 1, got {count}")
     rng, topics, kinds = random.Random(_SEEDS[split]), split_topics(split), list(KINDS)
     rows, prompts = [], set()
-    for _ in range(SPLITS[split] * 20):  # a repeated prompt is skipped; far fewer tries are needed
+    for _ in range(count * 20):  # a repeated prompt is skipped; far fewer tries are needed
         index = len(rows)
         row = _make_row(rng, rng.choice(topics), kinds[index % len(kinds)], (index // len(kinds)) % 2 == 0)
         if row["prompt"] not in prompts:
             prompts.add(row["prompt"])
             rows.append(row)
-        if len(rows) == SPLITS[split]:
+        if len(rows) == count:
             return rows
-    raise RuntimeError(f"could not make {SPLITS[split]} distinct prompts for the {split} split")
+    raise RuntimeError(f"could not make {count} distinct prompts for the {split} split")

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .builtin import SPLITS as BUILTIN_SPLITS
-from .builtin import builtin_rows
+from .builtin import builtin_rows, split_and_count
 from .converters import converter_for, detect_format
 from .formats import (
     BadRow,
@@ -177,9 +177,14 @@ def _carve_file(rows: list, lines: list[int] | None, split: str, location: str) 
 
 def raw_rows(item: DataItem, default_split: str) -> tuple[list, list[int] | None, str, str]:
     """-> (rows, their 1-based lines in a JSON-lines file or None, location, format hint or "auto") for one item."""
-    if item.target == BUILTIN:
-        split = item.split or default_split
-        return builtin_rows(split), None, f"hafrm built-in set, {split} split", "trl"
+    if item.target == BUILTIN:  # builtin[:SPLIT[@N]]
+        try:
+            split, count = split_and_count(item.split or default_split)
+            rows = builtin_rows(split, count)
+        except ValueError as error:
+            raise DataError(str(error)) from None
+        size = f", {count} pairs" if count else ""
+        return rows, None, f"hafrm built-in set, {split} split{size}", "trl"
     if item.target in SOURCES:
         rows, location = load_source(item.target, item.split or default_split)
         return rows, None, location, item.target
@@ -283,5 +288,5 @@ def read_pairs(text: str, fmt: str = "auto", skip_bad_rows: bool = False) -> lis
 def has_split(target: str, split: str) -> bool:
     """Whether a single named source offers `split` (the built-in set has a validation split)."""
     if target == BUILTIN:
-        return split in BUILTIN_SPLITS
+        return split_and_count(split)[0] in BUILTIN_SPLITS
     return target in SOURCES and split in SOURCES[target].splits
