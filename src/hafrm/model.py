@@ -203,30 +203,35 @@ def response_logps(
     return sums.index_add(0, rows, token_logps), torch.bincount(rows, minlength=n_sequences)
 
 
+def _visible(group_ids: Tensor, segment_ids: Tensor, row, query, key) -> Tensor:
+    """The shared-rows rule: a token sees earlier tokens of its own unit that are in the shared prefix
+    (segment 0) or in its own segment, and padding (unit -1) sees itself only (no row of the mask is empty).
+    Indices broadcast: whole index grids for the dense mask, scalars inside FlexAttention's mask_mod."""
+    same_unit = (group_ids[row, query] == group_ids[row, key]) & (group_ids[row, query] >= 0)
+    segment = (segment_ids[row, key] == 0) | (segment_ids[row, query] == segment_ids[row, key])
+    return (same_unit & segment & (key <= query)) | (query == key)
+
+
 def shared_attention_mask(group_ids: Tensor, segment_ids: Tensor, dtype: torch.dtype) -> Tensor:
     """[R, L] unit and segment ids of shared rows -> additive [R, 1, L, L] mask (0: may attend, dtype min: may not).
 
-    A token sees earlier tokens of its own unit that are in the shared prefix (segment 0) or in its own
-    segment: a member's reply sees the prompt and itself, never another member's reply. Padding (unit -1)
-    sees itself only, so no row of the mask is empty. Works with eager and SDPA attention.
+    A member's reply sees the prompt and itself, never another member's reply (`_visible`). Works with
+    eager and SDPA attention.
     """
-    length = group_ids.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=group_ids.device).tril()
-    same_unit = (group_ids[:, :, None] == group_ids[:, None, :]) & (group_ids[:, :, None] >= 0)
-    visible_segment = (segment_ids[:, None, :] == 0) | (segment_ids[:, :, None] == segment_ids[:, None, :])
-    allowed = (same_unit & visible_segment & causal) | torch.eye(length, dtype=torch.bool, device=group_ids.device)
+    rows, length = group_ids.shape
+    positions = torch.arange(length, device=group_ids.device)
+    row = torch.arange(rows, device=group_ids.device)[:, None, None]
+    allowed = _visible(group_ids, segment_ids, row, positions[None, :, None], positions[None, None, :])  # [R, L, L]
     mask = torch.zeros(allowed.shape, dtype=dtype, device=group_ids.device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def shared_block_mask(group_ids: Tensor, segment_ids: Tensor):
-    """The same rule as `shared_attention_mask` as a FlexAttention BlockMask, whose kernel skips masked blocks."""
+    """The same rule (`_visible`) as a FlexAttention BlockMask, whose kernel skips masked blocks."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    def visible(batch, _head, query, key):
-        same_unit = (group_ids[batch, query] == group_ids[batch, key]) & (group_ids[batch, query] >= 0)
-        segment = (segment_ids[batch, key] == 0) | (segment_ids[batch, query] == segment_ids[batch, key])
-        return (same_unit & segment & (key <= query)) | (query == key)
+    def visible(row, _head, query, key):
+        return _visible(group_ids, segment_ids, row, query, key)
 
     rows, length = group_ids.shape
     return create_block_mask(visible, rows, None, length, length, device=group_ids.device)

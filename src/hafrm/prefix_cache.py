@@ -93,13 +93,10 @@ class FrozenPrefixCache:
         causal_lm = unwrap(model)
         hidden = causal_lm.config.get_text_config().hidden_size
         pad = causal_lm.config.pad_token_id
-        sequences = [ids for dataset in datasets for side in _sides(dataset) for ids in side]
-        n_rows = sum(len(dataset) for dataset in datasets)
-        lengths = []
-        for dataset in datasets:
-            chosen, rejected = _sides(dataset)
-            lengths.extend(zip((len(ids) for ids in chosen), (len(ids) for ids in rejected)))
-        flat_lengths = torch.tensor(lengths, dtype=torch.long).reshape(-1)  # row-major: row 0 chosen, rejected, ...
+        # row-major over the datasets, numbered on: sequence k is the chosen (k even) or rejected (k odd) of row k // 2
+        sequences = [ids for dataset in datasets for pair in zip(*_sides(dataset)) for ids in pair]
+        n_rows = len(sequences) // 2
+        flat_lengths = torch.tensor([len(ids) for ids in sequences], dtype=torch.long)
         ends = flat_lengths.cumsum(0)
         offsets = (ends - flat_lengths).reshape(n_rows, 2)
         total = int(ends[-1]) if len(ends) else 0
@@ -111,14 +108,6 @@ class FrozenPrefixCache:
             states = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(total, hidden))
         else:
             states = torch.empty(total, hidden, dtype=torch.float32)
-        # sequence k of the flat list: dataset by dataset, all chosen then all rejected
-        places = []
-        row_base = 0
-        for dataset in datasets:
-            n = len(dataset)
-            places.extend((row_base + i, 0) for i in range(n))
-            places.extend((row_base + i, 1) for i in range(n))
-            row_base += n
         device = next(model.parameters()).device
         captured = {}
 
@@ -146,8 +135,7 @@ class FrozenPrefixCache:
                     )
                 values = captured.pop("states").float().cpu()
                 for j, k in enumerate(members):
-                    row, side = places[k]
-                    begin = int(offsets[row, side])
+                    begin = int(offsets.view(-1)[k])
                     length = len(sequences[k])
                     if path is None:
                         states[begin : begin + length] = values[j, :length]

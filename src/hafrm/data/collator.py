@@ -121,46 +121,47 @@ def lay_out_rows(
     # Padding at a row's end counts on from 0 as one more (unread) sequence, so it never joins a real one.
     position_ids = (torch.arange(width) - (width - torch.tensor(free))[:, None]).clamp(min=0)
     sequence_ends = torch.empty(len(sequences), dtype=torch.long)
-    states, targets, owners, scored = [], [], [], []
+    states, targets, owners, scored = [], [], [], []  # one tensor per sequence, concatenated at the end
     for g, (group, k) in enumerate(zip(groups, prefixes)):
         row, start = placement[g]
         base = row * width
-        first = sequences[group[0]]
-        input_ids[row, start : start + k] = torch.tensor(first[:k], dtype=torch.long)
+        first = torch.tensor(sequences[group[0]][:k], dtype=torch.long)
+        input_ids[row, start : start + k] = first
         position_ids[row, start : start + k] = torch.arange(k)
         sequence_ids[row, start : start + k] = group[0]
         group_ids[row, start : start + k] = g
+        prefix_places = base + start + torch.arange(k)
         cursor = start + k
         for member, i in enumerate(group, start=1):
-            ids = sequences[i]
+            ids = torch.tensor(sequences[i], dtype=torch.long)
             own = len(ids) - k
             span = slice(cursor, cursor + own)
-            input_ids[row, span] = torch.tensor(ids[k:], dtype=torch.long)
+            input_ids[row, span] = ids[k:]
             position_ids[row, span] = torch.arange(k, len(ids))
             sequence_ids[row, span] = i
             group_ids[row, span] = g
             segment_ids[row, span] = member
             # flat index of token t of sequence i: in the prefix, or in the member's own span
-            where = [base + start + t for t in range(k)] + [base + cursor + t for t in range(own)]
+            where = torch.cat([prefix_places, base + cursor + torch.arange(own)])
             # a packed sequence's first token is never a target: the state before it is another sequence's
-            for t in range(max(prompt_lengths[i], 1), len(ids)):
-                states.append(where[t - 1])
-                scored.append(where[t])
-                targets.append(ids[t])
-                owners.append(i)
+            scored_positions = torch.arange(max(prompt_lengths[i], 1), len(ids))
+            states.append(where[scored_positions - 1])
+            scored.append(where[scored_positions])
+            targets.append(ids[scored_positions])
+            owners.append(torch.full((len(scored_positions),), i, dtype=torch.long))
             sequence_ends[i] = where[-1]
             cursor += own
     response_mask = torch.zeros(shape[0] * width, dtype=torch.long)
-    response_mask[torch.tensor(scored, dtype=torch.long)] = 1
+    response_mask[torch.cat(scored)] = 1
     batch = {
         "input_ids": input_ids,
         "position_ids": position_ids,
         "response_mask": response_mask.view(shape),
         "sequence_ids": sequence_ids,
         "sequence_ends": sequence_ends,
-        "target_states": torch.tensor(states, dtype=torch.long),
-        "target_ids": torch.tensor(targets, dtype=torch.long),
-        "target_sequences": torch.tensor(owners, dtype=torch.long),
+        "target_states": torch.cat(states),
+        "target_ids": torch.cat(targets),
+        "target_sequences": torch.cat(owners),
     }
     if any(len(group) > 1 for group in groups):
         batch.update(group_ids=group_ids, segment_ids=segment_ids)
