@@ -464,3 +464,15 @@ def test_common_prefix_leaves_every_sequence_a_token_of_its_own():
     assert common_prefix([[1, 2], [1, 2, 3]]) == 1  # the shorter one keeps its last token
     assert common_prefix([[1, 2, 3]]) == 0
     assert common_prefix([[7, 2], [1, 2]]) == 0
+
+
+def test_val_seed_holds_the_validation_set_fixed_across_seeds(pairs_file):
+    from hafrm.config import TrainConfig
+    from hafrm.train import validation_pairs
+
+    def held_out(**fields):
+        return [pair.index for pair in validation_pairs(TrainConfig(data=str(pairs_file), val_fraction=0.25, **fields))]
+
+    assert held_out(seed=1) != held_out(seed=2)  # by default the hold-out follows --seed
+    assert held_out(seed=1, val_seed=5) == held_out(seed=2, val_seed=5) == held_out(seed=5)
+    assert len(held_out(seed=1, val_seed=5)) == 12

@@ -1,6 +1,7 @@
 """`hafrm experiment`: a small comparison on the tiny model, its tables, plots and resumption."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,94 @@ def test_run_values_are_read_as_flags_read_text(tmp_path, tiny_model, pairs_file
     path = small_spec(tmp_path, tiny_model, pairs_file, runs={"rm": {"method": "rm", "lr": "1e-4"}})
     spec = experiment.load_spec(path)
     assert experiment.train_config(spec, "rm", 0).lr == 1e-4  # YAML reads 1e-4 as text
+
+
+def test_a_baseline_adds_intervals_paired_differences_calibration_kinds_and_the_alpha_curve(
+    tmp_path, tiny_model, pairs_file
+):
+    from hafrm.metrics import calibration_bins, paired_difference
+
+    runs = {"rm": {"method": "rm"}, "dpo": {"method": "dpo"}, "haf": {"method": "haf"}, "haf-a1": {"alpha": 1.0}}
+    path = small_spec(tmp_path, tiny_model, pairs_file, runs=runs)
+    spec = yaml.safe_load(path.read_text())
+    spec |= {
+        "baseline": "rm",
+        "alpha_curve": ["haf-a1", "rm", "haf"],
+        "evaluate": {"mine": f"{pairs_file}:test", "kinds": "builtin:test@12"},
+    }
+    spec["eval_options"] = {"combine": False, "perplexity": False}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert main(["experiment", str(path)]) == 0
+    out = tmp_path / "exp"
+    figures = json.loads((out / "study.json").read_text())
+
+    def report(run, seed, name):
+        return json.loads((out / run / f"seed{seed}" / f"eval-{name}.json").read_text())
+
+    def outcomes(run, name):
+        head = "implicit_reward" if run == "dpo" else "reward_head"
+        rows = []
+        for seed in (0, 1):
+            scores = report(run, seed, name)["scores"][head]
+            n = len(scores) // 2
+            rows.append([c > r for c, r in zip(scores[:n], scores[n:])])
+        return rows
+
+    for run in runs:
+        for name in ("mine", "kinds"):
+            head = "implicit_reward" if run == "dpo" else "reward_head"
+            pooled = figures["accuracy"][run][name]
+            assert pooled["per_seed"] == [report(run, seed, name)[head]["accuracy"] for seed in (0, 1)]
+            assert pooled["accuracy"] == pytest.approx(sum(pooled["per_seed"]) / 2)
+            scores = report(run, 0, name)["scores"][head]
+            ece = [calibration_bins(s[: len(s) // 2], s[len(s) // 2 :])["ece"] for s in
+                   (report(run, seed, name)["scores"][head] for seed in (0, 1))]  # fmt: skip
+            assert figures["calibration"][run][name]["mean"] == pytest.approx(sum(ece) / 2)
+            assert len(scores) == 2 * pooled["pairs"]
+            if run != "rm":
+                assert figures["paired"][run][name] == paired_difference(outcomes(run, name), outcomes("rm", name))
+    assert "rm" not in figures["paired"]
+    kinds = figures["kinds"]["kinds"]["haf"]  # the built-in set's constraint kinds, 12 pairs between them
+    assert sum(pairs for _, pairs in kinds.values()) == 12 and "mine" not in figures["kinds"]
+    assert [(p["run"], p["alpha"]) for p in figures["alpha_curve"]] == [("rm", 0.0), ("haf", 0.2), ("haf-a1", 1.0)]
+    markdown = (out / "results.md").read_text()
+    for heading in ("## Accuracy with 95% intervals", "## Paired differences against rm", "## Calibration",
+                    "## Per constraint kind on kinds", "## α curve"):  # fmt: skip
+        assert heading in markdown
+    assert (out / "paired-differences.png").stat().st_size > 0 and (out / "alpha-curve.png").stat().st_size > 0
+
+
+def test_a_baseline_or_alpha_curve_naming_no_run_is_refused(tmp_path, tiny_model, pairs_file):
+    path = small_spec(tmp_path, tiny_model, pairs_file)
+    spec = yaml.safe_load(path.read_text())
+    for extra, message in (({"baseline": "bt"}, "`baseline` names run(s) ['bt']"),
+                           ({"baseline": "rm", "alpha_curve": ["haf", "a2"]}, "`alpha_curve` names run(s) ['a2']"),
+                           ({"alpha_curve": ["haf"]}, "`alpha_curve` needs a `baseline` run")):  # fmt: skip
+        path.write_text(yaml.safe_dump(spec | extra, sort_keys=False))
+        with pytest.raises(ValueError, match=re.escape(message)):
+            experiment.load_spec(path)
+
+
+def test_a_comparison_evaluates_runs_reused_from_another_experiment_without_training_them(
+    tmp_path, tiny_model, pairs_file, monkeypatch
+):
+    first = small_spec(tmp_path, tiny_model, pairs_file, runs={"rm": {"method": "rm"}})
+    assert main(["experiment", str(first)]) == 0
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    second = small_spec(second_dir, tiny_model, pairs_file, runs={"rm": {"method": "rm"}, "a1": {"alpha": 1.0}})
+    spec = yaml.safe_load(second.read_text()) | {"reuse_runs": str(tmp_path / "exp")}
+    second.write_text(yaml.safe_dump(spec, sort_keys=False))
+    import hafrm.train
+
+    trained, real_train = [], hafrm.train.train
+    monkeypatch.setattr(
+        hafrm.train, "train", lambda cfg: trained.append(Path(cfg.output_dir).parent.name) or real_train(cfg)
+    )
+    assert main(["experiment", str(second)]) == 0
+    assert trained == ["a1", "a1"]  # rm's two seeds come from the first experiment
+    for seed in (0, 1):
+        here = json.loads((second_dir / "exp" / "rm" / f"seed{seed}" / "eval-mine.json").read_text())
+        there = json.loads((tmp_path / "exp" / "rm" / f"seed{seed}" / "eval-mine.json").read_text())
+        assert here["model"] == str(tmp_path / "exp" / "rm" / f"seed{seed}")
+        assert here["reward_head"] == there["reward_head"]

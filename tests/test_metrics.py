@@ -54,3 +54,22 @@ def test_grouped_by_label():
     groups = grouped(["a", "b", ""], {"reward_head": (chosen, rejected)})
     assert {k: g["pairs"] for k, g in groups.items()} == {"(none)": 1, "a": 1, "b": 1}
     assert groups["b"]["reward_head"]["accuracy"] == 0.0
+
+
+def test_paired_difference_by_hand():
+    from hafrm.metrics import paired_difference
+
+    # two seeds x four pairs; per pair, seed-averaged: method [1, .5, 0, 1], baseline [.5, 0, .5, 0]
+    figures = paired_difference([[1, 1, 0, 1], [1, 0, 0, 1]], [[1, 0, 0, 0], [0, 0, 1, 0]])
+    # d = [.5, .5, -.5, 1]: mean .375; sd = sqrt(1.1875 / 3); se = sd / 2; z = 1.19208
+    se = math.sqrt(1.1875 / 3) / 2
+    assert figures["difference"] == 0.375
+    assert figures["ci95"] == pytest.approx([0.375 - 1.959964 * se, 0.375 + 1.959964 * se])
+    assert figures["p_value"] == pytest.approx(0.233230, abs=1e-6)
+    assert figures["per_seed"] == [0.5, 0.25]
+    assert figures["discordant"] == [1, 0]  # pair 4: the method right and the baseline wrong in both seeds
+    assert figures["pairs"] == 4
+    same = paired_difference([[1, 0, 1]], [[1, 0, 1]])
+    assert (same["difference"], same["p_value"]) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="same \\[seeds, pairs\\] shape"):
+        paired_difference([[1, 0]], [[1, 0, 1]])

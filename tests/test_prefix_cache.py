@@ -113,3 +113,79 @@ def test_the_cache_stays_off_where_it_would_not_hold(tiny_model, pairs_file, tmp
     assert "note: frozen-prefix cache off: LlamaForCausalLM run from the cached states gives other results" in (
         capsys.readouterr().out
     )
+
+
+def _stored_files() -> set:
+    from hafrm.default_model import cache_root
+
+    return set((cache_root() / "frozen-prefix").glob("*.npy"))
+
+
+def _eval(run: Path, pairs_file, name: str, *flags) -> dict:
+    out = run / f"{name}.json"
+    argv = ["eval", "--model", str(run), "--data", str(pairs_file), "--json", str(out), "--save-scores", *flags]
+    assert main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_evaluation_reads_the_frozen_blocks_output_stored_by_the_first_run_of_that_base(
+    tiny_model, pairs_file, tmp_path, capsys, monkeypatch
+):
+    flags = ("--finetune", "freeze", "--trainable-layers", "1", "--max-steps", "3", "--eval-steps", "3")
+    haf = train(tiny_model, pairs_file, tmp_path / "haf", *flags)
+    rm = train(tiny_model, pairs_file, tmp_path / "rm", *flags, "--method", "rm", "--seed", "7")
+    before = _stored_files()
+    whole = {run: _eval(run, pairs_file, "whole", "--no-prefix-cache", "--no-combine") for run in (haf, rm)}
+    assert _stored_files() == before  # off: nothing stored
+    capsys.readouterr()
+    # a fresh cache: haf's reference log-probs come from the stored states too (the base's lower blocks are haf's)
+    monkeypatch.setenv("HAFRM_CACHE", str(tmp_path / "cache"))
+    before = _stored_files()
+    stored = {run: _eval(run, pairs_file, "stored", "--no-combine") for run in (haf, rm)}
+    printed = capsys.readouterr().out
+    # the 48 pairs (96 sequences) run through block 1 once: by the base model, for haf's reference pass
+    assert printed.count("frozen-prefix states: blocks 1-1 run over 96 sequences") == 1
+    assert len(_stored_files() - before) == 1
+    for run in (haf, rm):
+        for head, values in whole[run]["scores"].items():
+            assert stored[run]["scores"][head] == pytest.approx(values, rel=1e-4, abs=1e-5), (run.name, head)
+        assert stored[run]["reward_head"]["accuracy"] == whole[run]["reward_head"]["accuracy"]
+    assert whole[haf]["scores"]["reward_head"] != whole[rm]["scores"]["reward_head"]  # two different top blocks
+    # a file that lost its end (a full disk, a copy cut short) is computed again, with a note
+    (path,) = _stored_files() - before
+    path.write_bytes(path.read_bytes()[:-100])
+    again = _eval(haf, pairs_file, "again", "--no-combine")
+    assert f"note: stored frozen-block states {path} are unreadable" in capsys.readouterr().out
+    assert again["scores"]["reward_head"] == pytest.approx(whole[haf]["scores"]["reward_head"], rel=1e-4, abs=1e-5)
+
+
+def test_evaluation_turns_stored_states_off_where_the_model_does_not_match_them(
+    tiny_model, pairs_file, tmp_path, monkeypatch, capsys
+):
+    import hafrm.prefix_cache
+
+    run = train(tiny_model, pairs_file, tmp_path / "rm", "--finetune", "freeze", "--trainable-layers", "1",
+                "--max-steps", "1", "--method", "rm")  # fmt: skip
+    whole = _eval(run, pairs_file, "whole", "--no-prefix-cache")
+    monkeypatch.setattr(hafrm.prefix_cache.SkippedBlock, "forward", lambda self, hidden, *a, **k: 2 * hidden)
+    capsys.readouterr()
+    off = _eval(run, pairs_file, "off")
+    assert "note: frozen-prefix states off: LlamaForCausalLM run from the stored states gives other results" in (
+        capsys.readouterr().out
+    )
+    assert off["scores"] == whole["scores"]
+
+
+def test_shared_cache_is_computed_by_the_first_run_and_read_by_the_next(tiny_model, pairs_file, tmp_path, capsys):
+    flags = ("--finetune", "freeze", "--trainable-layers", "1", "--epochs", "2", "--eval-steps", "4")
+    alone = train(tiny_model, pairs_file, tmp_path / "alone", *flags)
+    capsys.readouterr()
+    before = _stored_files()
+    first = train(tiny_model, pairs_file, tmp_path / "first", *flags, "--share-prefix-cache")
+    assert "frozen-prefix states: blocks 1-1 run over 96 sequences" in capsys.readouterr().out
+    (stored,) = _stored_files() - before
+    second = train(tiny_model, pairs_file, tmp_path / "second", *flags, "--share-prefix-cache")
+    assert f"frozen-prefix cache: read from {stored} (96 sequences" in capsys.readouterr().out
+    assert history(first) == pytest.approx(history(alone), rel=1e-4)
+    assert history(second) == pytest.approx(history(alone), rel=1e-4)
+    assert stored.is_file()  # closing a run leaves the shared file for the next

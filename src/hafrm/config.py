@@ -51,6 +51,12 @@ class TrainConfig:
         " whole forward first; off with dropout kept or several processes",
         default=True,
     )
+    share_prefix_cache: bool = _help(
+        "freeze mode: keep the frozen blocks' output in the hafrm cache ($HAFRM_CACHE/frozen-prefix), named by the"
+        " weights and tokens, so that other runs on the same base, frozen blocks and data (an experiment's methods and"
+        " seeds) read it instead of computing it again",
+        default=False,
+    )
     lora_r: int = _help("LoRA rank", default=16)
     lora_alpha: int = _help("LoRA scaling numerator", default=32)
     lora_dropout: float = _help(
@@ -75,6 +81,11 @@ class TrainConfig:
     )
     eval_data: str | None = _help("validation pairs (default: the source's validation split, or carved)", default=None)
     val_fraction: float = _help("share of --data held out for validation when no validation split exists", default=0.1)
+    val_seed: int | None = _help(
+        "seed of the --val-fraction hold-out (default: --seed); fixed, the seeds of an experiment share one validation"
+        " set and vary only the initialisation and the order",
+        default=None,
+    )
     format: str = _help("row format: auto, trl, hh, sharegpt, pandalm, llmbar, or a named source", default="auto")
     skip_bad_rows: bool = _help("leave unusable rows out (counted per reason) instead of stopping", default=False)
     mixture: Literal["concat", "even"] = _help(
@@ -154,7 +165,14 @@ class EvalConfig:
     dtype: Literal["float32", "bfloat16"] = _help(
         "weights and activations to score in (bfloat16: GPUs; fp32 on CPUs, where bf16 is slower)", default="float32"
     )
-    implicit: bool = _help("also score β·log π/π_ref (needs the reference model)", default=True)
+    prefix_cache: bool = _help(
+        "freeze runs: keep the frozen blocks' output for these pairs on disk, shared by every run with those blocks",
+        default=True,
+    )
+    implicit: bool = _help(
+        "also score β·log π/π_ref for runs with a reward head (needs the reference model; dpo runs always score it)",
+        default=True,
+    )
     combine: bool = _help("also score r + λ·implicit, λ fitted on the run's validation data", default=True)
     perplexity: bool = _help("report per-token perplexity of chosen and rejected under the policy head", default=True)
     json: str | None = _help("write the report to this JSON file", default=None)

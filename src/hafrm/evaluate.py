@@ -31,23 +31,31 @@ from .model import score_sequences
 from .reference import add_reference_logps
 
 
-def pair_scores(model, dataset, collator, batch_size: int, need_rewards: bool, need_logps: bool) -> dict:
+def pair_sequences(dataset) -> tuple[list[list[int]], list[int]]:
+    """The 2N responses of a tokenised pair set, chosen then rejected, and their prompt lengths."""
+    return list(dataset["chosen_input_ids"]) + list(dataset["rejected_input_ids"]), list(dataset["prompt_length"]) * 2
+
+
+def pair_scores(model, dataset, collator, batch_size: int, need_rewards: bool, need_logps: bool, frozen=None) -> dict:
     """Per-pair rewards and response log-probs, in dataset order, as CPU tensors [N].
 
     The 2N responses are scored longest first, about 2 x batch_size per pass; with the collator's
-    `prompt_sharing`, each pair's prompt runs once (`model.score_sequences`).
+    `prompt_sharing`, each pair's prompt runs once (`model.score_sequences`); with `frozen` (stored
+    states of `pair_sequences(dataset)`), only the trained top blocks run.
     """
     n_pairs = len(dataset)
+    sequences, prompt_lengths = pair_sequences(dataset)
     scores = score_sequences(
         model,
-        list(dataset["chosen_input_ids"]) + list(dataset["rejected_input_ids"]),
-        list(dataset["prompt_length"]) * 2,
+        sequences,
+        prompt_lengths,
         2 * batch_size,
         collator.pad_token_id,
         collator.padding_side,
         need_rewards,
         need_logps,
         share_prompts=collator.prompt_sharing,
+        frozen=frozen,
     )
     return {
         f"{side}_{name}": values[:n_pairs] if side == "chosen" else values[n_pairs:]
@@ -56,11 +64,28 @@ def pair_scores(model, dataset, collator, batch_size: int, need_rewards: bool, n
     }
 
 
-def _reference_logps(run: dict, datasets: dict, collator, batch_size: int) -> dict:
-    """Reference log-probs from the base model, loaded alone and freed before the trained model loads."""
+def _reference_logps(cfg: EvalConfig, run: dict, datasets: dict, collator) -> dict:
+    """Reference log-probs from the base model, loaded alone and freed before the trained model loads.
+
+    For a freeze run the base's lower blocks are the run's: their stored output (built here when absent,
+    read by the run's own scoring next) feeds the base's top blocks and lm_head.
+    """
     base, _ = load_base_model(run["base_model"], with_score_head=False)
     to_scoring_device(base)
-    datasets = {name: add_reference_logps(base, dataset, collator, batch_size) for name, dataset in datasets.items()}
+    heads = {"need_rewards": False, "need_logps": True}
+    frozen = stored_frozen_states(cfg, run, base, datasets, heads)
+
+    def from_states(name):
+        def compute(model, dataset):
+            scores = pair_scores(model, dataset, collator, cfg.batch_size, **heads, frozen=frozen[name])
+            return scores["chosen_logps"], scores["rejected_logps"]
+
+        return compute if name in frozen else None
+
+    datasets = {
+        name: add_reference_logps(base, dataset, collator, cfg.batch_size, compute=from_states(name))
+        for name, dataset in datasets.items()
+    }
     del base
     gc.collect()
     return datasets
@@ -75,17 +100,53 @@ def score_sets(cfg: EvalConfig, run: dict, pair_sets: dict, max_length: int, imp
     with_reference = implicit and needs_reference(run["policy_loss"])
     is_lora = (Path(cfg.model) / "adapter_config.json").is_file()
     if with_reference and not is_lora:
-        datasets = _reference_logps(run, datasets, collator, cfg.batch_size)
+        datasets = _reference_logps(cfg, run, datasets, collator)
     model, _, _ = load_trained(cfg.model, getattr(torch, cfg.dtype))
     if with_reference and is_lora:  # the reference is the same model with its adapters disabled
         datasets = {
             n: add_reference_logps(model, d, collator, cfg.batch_size, use_cache=False) for n, d in datasets.items()
         }
+    heads = {"need_rewards": run["reward_head"], "need_logps": need_logps}
+    frozen = stored_frozen_states(cfg, run, model, datasets, heads) if not is_lora else {}
     scores = {
-        name: pair_scores(model, dataset, collator, cfg.batch_size, run["reward_head"], need_logps)
+        name: pair_scores(model, dataset, collator, cfg.batch_size, **heads, frozen=frozen.get(name))
         for name, dataset in datasets.items()
     }
     return datasets, {name: truncation for name, (_, truncation) in tokenised.items()}, scores
+
+
+def frozen_blocks(run: dict, model) -> int:
+    """How many lower blocks a run kept frozen (`--finetune freeze`); 0 for full and LoRA runs."""
+    if run.get("finetune") != "freeze":
+        return 0
+    return max(0, model.config.get_text_config().num_hidden_layers - int(run["trainable_layers"]))
+
+
+def stored_frozen_states(cfg: EvalConfig, run: dict, model, datasets: dict, heads: dict) -> dict:
+    """{set: StoredFrozenStates} for a freeze run with `--prefix-cache`, checked on one set; {} where off."""
+    from .model import layout_tolerance
+    from .prefix_cache import StoredFrozenStates
+
+    n_frozen = frozen_blocks(run, model)
+    if not cfg.prefix_cache or n_frozen < 1 or not datasets:
+        return {}
+    stored = {}
+    for name, dataset in datasets.items():
+        sequences, prompt_lengths = pair_sequences(dataset)
+        stored[name] = StoredFrozenStates.load_or_build(model, n_frozen, sequences, cfg.batch_size)
+        if len(stored) == 1:  # the first set checks that this model gives the same numbers from the states
+            try:
+                error = stored[name].error(model, sequences, prompt_lengths, **heads)
+            except (
+                Exception
+            ) as exc:  # an architecture whose forward does not take inputs_embeds with blocks handed through
+                error, failure = float("inf"), f"failed ({type(exc).__name__}: {exc})"
+            else:
+                failure = f"gives other results (relative difference {error:.2g})"
+            if error > layout_tolerance(model):
+                print(f"note: frozen-prefix states off: {type(model).__name__} run from the stored states {failure}")
+                return {}
+    return stored
 
 
 def _validation_pairs(run: dict):
@@ -110,7 +171,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     pairs, load_reports = load_data(cfg.data, cfg.format, cfg.skip_bad_rows, default_split="test")
     for load_report in load_reports:
         print(load_report.summary())
-    implicit = cfg.implicit and run["method"] != "rm"
+    # dpo's implicit reward is its reward: --no-implicit leaves it out for the runs with a reward head only
+    implicit = run["method"] == "dpo" or (cfg.implicit and run["method"] != "rm")
     pair_sets = {"test": pairs}
     combine = cfg.combine and implicit and run["reward_head"]
     if combine:

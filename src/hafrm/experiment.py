@@ -52,6 +52,8 @@ class ExperimentSpec:
     bon: dict = field(default_factory=dict)  # design bon: BonConfig fields (the samples, judge, N)
     rlhf: dict = field(default_factory=dict)  # design rlhf: RlhfConfig fields (one policy per run and seed)
     reuse_runs: str = ""  # another experiment's output_dir: its RUN/seedS models are used where trained alike
+    baseline: str = ""  # a run: per-pair scores kept, paired differences against it, intervals, calibration (study.py)
+    alpha_curve: list[str] = field(default_factory=list)  # runs whose accuracy is drawn against their α
     description: str = ""
 
 
@@ -80,6 +82,14 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> ExperimentSpec
         raise ValueError(f"{path}: design must be one of {DESIGNS}, got {spec.design!r}")
     if not spec.evaluate and spec.design not in DOWNSTREAM:
         raise ValueError(f"{path}: `evaluate` must name at least one evaluation set")
+    for key, names in (("baseline", [spec.baseline] if spec.baseline else []), ("alpha_curve", spec.alpha_curve)):
+        unknown_runs = [name for name in names if name not in spec.runs]
+        if unknown_runs:
+            raise ValueError(
+                f"{path}: `{key}` names run(s) {unknown_runs} that `runs` does not have: {list(spec.runs)}"
+            )
+    if spec.alpha_curve and not spec.baseline:
+        raise ValueError(f"{path}: `alpha_curve` needs a `baseline` run (its figures come from the per-pair scores)")
     check_spec(spec)
     return spec
 
@@ -232,18 +242,19 @@ def _train_once(spec: ExperimentSpec, run_name: str, seed: int) -> None:
     train(cfg)
 
 
-def _evaluate_once(spec: ExperimentSpec, run_name: str, seed: int, set_name: str) -> dict:
+def _evaluate_once(spec: ExperimentSpec, run_name: str, seed: int, set_name: str, model: Path | None = None) -> dict:
+    """Evaluate the run's model (this experiment's, or `model` reused from another) on one set, once."""
     from .evaluate import evaluate
 
     path = run_dir(spec, run_name, seed) / f"eval-{set_name}.json"
     if not path.is_file():
         print(f"\n=== {spec.name}: evaluating {run_name}, seed {seed} on {set_name}")
-        options = {"save_scores": spec.design == "head-agreement", **spec.eval_options}
-        evaluate(
-            EvalConfig(
-                model=str(run_dir(spec, run_name, seed)), data=spec.evaluate[set_name], json=str(path), **options
-            )
+        keep_scores = (
+            spec.design == "head-agreement" or bool(spec.baseline) or spec.eval_options.get("save_scores", False)
         )
+        options = {**spec.eval_options, "save_scores": keep_scores}
+        model = model or run_dir(spec, run_name, seed)
+        evaluate(EvalConfig(model=str(model), data=spec.evaluate[set_name], json=str(path), **options))
     return json.loads(path.read_text())
 
 
@@ -269,9 +280,11 @@ def run_experiment(path: str | Path, dry_run: bool = False, overrides: dict | No
     results = {}
     for run_name in spec.runs:
         for seed in spec.seeds:
-            _train_once(spec, run_name, seed)
+            reused = reusable_run(spec, run_name, seed)  # evaluated here, its reports kept in this experiment
+            if reused is None:
+                _train_once(spec, run_name, seed)
             for set_name in spec.evaluate:
-                report = _evaluate_once(spec, run_name, seed, set_name)
+                report = _evaluate_once(spec, run_name, seed, set_name, reused)
                 results.setdefault(run_name, {}).setdefault(set_name, {})[seed] = report
     return write_results(spec, results, Path(path))
 
@@ -398,9 +411,15 @@ def write_results(spec: ExperimentSpec, results: dict, config_path: Path) -> dic
     output = Path(spec.output_dir)
     table = summarise(spec, results)
     (output / "results.json").write_text(json.dumps({"table": table, "reports": results}, indent=2) + "\n")
-    (output / "results.md").write_text(
-        results_markdown(spec, table, config_path) + "\n" + figures_markdown(spec, results)
-    )
+    markdown = results_markdown(spec, table, config_path) + "\n" + figures_markdown(spec, results)
+    if spec.baseline:
+        from .study import study_figures, study_markdown, write_study_plots
+
+        figures = study_figures(spec, results)
+        (output / "study.json").write_text(json.dumps(figures, indent=2) + "\n")
+        markdown += "\n" + study_markdown(spec, figures)
+        write_study_plots(spec, figures, output)
+    (output / "results.md").write_text(markdown)
     write_plots(spec, table, results)
     print((output / "results.md").read_text())
     return table

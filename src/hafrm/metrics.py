@@ -137,3 +137,39 @@ def grouped(labels: list[str], heads: dict[str, tuple[Tensor, Tensor]]) -> dict:
         for head, (chosen, rejected) in heads.items():
             group[head] = comparison(chosen[members], rejected[members])
     return groups
+
+
+def normal_two_sided_p(z: float) -> float:
+    """Two-sided p-value of a standard-normal statistic."""
+    return math.erfc(abs(z) / math.sqrt(2.0))
+
+
+def paired_difference(correct: Sequence[Sequence[bool]], baseline: Sequence[Sequence[bool]]) -> dict:
+    """Accuracy difference of a method against a baseline on the same test pairs, with a paired test.
+
+    `correct[s][i]` / `baseline[s][i]`: whether seed s of each got pair i right (seeds matched, same
+    pairs in the same order). Each pair's outcome is averaged over seeds first, d_i = mean_s c[s][i]
+    − mean_s b[s][i] ∈ [−1, 1]; the difference is mean(d), its 95% interval mean(d) ± 1.96·sd(d)/√N and
+    the p-value that of z = mean(d)/(sd(d)/√N) (paired, over test pairs; seed-to-seed spread is in
+    `per_seed`). `discordant` counts pairs the method alone got right in every seed, and the baseline alone.
+    """
+    a = np.asarray(correct, dtype=np.float64)
+    b = np.asarray(baseline, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] == 0:
+        raise ValueError(f"paired outcomes need the same [seeds, pairs] shape, got {a.shape} and {b.shape}")
+    d = a.mean(axis=0) - b.mean(axis=0)  # [N]
+    n = d.size
+    mean = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    if se > 0:
+        p = normal_two_sided_p(mean / se)
+    else:  # every pair differs by the same amount: no spread to test against
+        p = 1.0 if mean == 0 else 0.0
+    return {
+        "difference": mean,
+        "ci95": [mean - Z95 * se, mean + Z95 * se],
+        "p_value": p,
+        "pairs": n,
+        "per_seed": (a.mean(axis=1) - b.mean(axis=1)).tolist(),
+        "discordant": [int(((a == 1) & (b == 0)).all(axis=0).sum()), int(((a == 0) & (b == 1)).all(axis=0).sum())],
+    }

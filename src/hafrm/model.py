@@ -449,6 +449,7 @@ def score_sequences(
     need_logps: bool = False,
     desc: str = "scoring",
     share_prompts: bool = True,
+    frozen=None,
 ) -> dict[str, Tensor]:
     """Rewards, response log-probs and response lengths of N token sequences, in input order, CPU [N].
 
@@ -456,7 +457,8 @@ def score_sequences(
     near its own. With `share_prompts`, sequences that start with the same prompt tokens (the chosen and
     rejected replies of a pair, N best-of-N samples) are one unit whose prompt runs once
     (`data.collator.lay_out_rows`), after a check that the model's attention takes the mask (else a note
-    and padded rows).
+    and padded rows). `frozen` (a `prefix_cache.StoredFrozenStates` of these sequences) feeds the frozen
+    lower blocks' stored output to the first trained block, so only the top of the trunk runs.
     """
     from tqdm.auto import tqdm
 
@@ -492,6 +494,8 @@ def score_sequences(
             batch = lay_out_rows(ids, prompts, groups_here, pad_token_id, pack=False)
         else:
             batch = pad_rows(ids, prompts, pad_token_id, padding_side)
+        if frozen is not None:
+            batch = frozen.gather(members, batch)
         outputs = forward_rows(model, _to(batch, device), need_rewards, need_logps)
         order.extend(members)
         for name, values in zip(("rewards", "logps", "lengths"), outputs):

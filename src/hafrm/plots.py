@@ -35,6 +35,7 @@ FIGURE_INCHES = {  # (width, height); saved without bbox cropping, so PNG pixels
     "agreement": (7.2, 6.8),
     "perplexity": (8.0, 5.0),
     "curve": (8.0, 5.0),
+    "paired": (8.0, 5.0),
 }
 METHOD_COLOURS = {"rm": "tab:blue", "dpo": "tab:orange", "haf": "tab:green"}  # same method, same colour everywhere
 _SPARE_COLOURS = ["tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
@@ -289,6 +290,57 @@ def alpha_sweep_plot(
     bottom.set(xlabel="α, weight of the policy loss (α = 0: plain reward model)")
     bottom.set(ylabel="Mean margin r_c − r_r (reward units)")
     fig.suptitle(title)
+    return _save(fig, path)
+
+
+def paired_differences_plot(
+    differences: dict[str, dict[str, tuple[float, Sequence[float]]]],
+    path: str | Path,
+    title: str = "Accuracy difference against the baseline (95% intervals)",
+) -> Path:
+    """Points with 95% interval whiskers: one group per dataset, one colour per run, a line at 0 (no difference)."""
+    datasets = list(dict.fromkeys(dataset for row in differences.values() for dataset in row))
+    runs, colours = list(differences), _colours(list(differences))
+    step = 0.8 / max(1, len(runs))
+    fig, ax = plt.subplots(figsize=FIGURE_INCHES["paired"])
+    for position, run in enumerate(runs):
+        xs, ys, low, high = [], [], [], []
+        for group, dataset in enumerate(datasets):
+            if dataset not in differences[run]:
+                continue
+            value, (lower, upper) = differences[run][dataset]
+            xs.append(group - 0.4 + step * (position + 0.5))
+            ys.append(value)
+            low.append(value - lower)
+            high.append(upper - value)
+        ax.errorbar(xs, ys, yerr=[low, high], fmt="o", capsize=3, color=colours[run], label=run)
+    zero = ax.axhline(0.0, color="black", linestyle="--", linewidth=1, label="no difference")
+    ax.set_xticks(range(len(datasets)), datasets)
+    ax.set(ylabel="Accuracy difference (fraction of pairs)", title=title)
+    _legend_reference_last(ax, zero, fontsize="small")
+    return _save(fig, path)
+
+
+def alpha_curve_plot(
+    curves: dict[str, Sequence[tuple[float, float, Sequence[float]]]],
+    path: str | Path,
+    title: str = "Accuracy against α",
+) -> Path:
+    """One line per dataset of (α, accuracy) with a shaded 95% interval, over chance 0.5; α on a symlog axis."""
+    labels, colours = list(curves), _colours(list(curves))
+    fig, ax = plt.subplots(figsize=FIGURE_INCHES["curve"])
+    for label in labels:
+        points = sorted(curves[label])
+        alphas = [a for a, _, _ in points]
+        accuracy = [m for _, m, _ in points]
+        ax.plot(alphas, accuracy, "o-", color=colours[label], label=label)
+        ax.fill_between(
+            alphas, [c[0] for _, _, c in points], [c[1] for _, _, c in points], color=colours[label], alpha=0.15
+        )
+    chance = ax.axhline(0.5, color="black", linestyle="--", linewidth=1, label="chance (0.5)")
+    ax.set_xscale("symlog", linthresh=0.05)
+    ax.set(xlabel="α, weight of the policy loss (α = 0: plain reward model)", ylabel="Pairwise accuracy", title=title)
+    _legend_reference_last(ax, chance, fontsize="small")
     return _save(fig, path)
 
 

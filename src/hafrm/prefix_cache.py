@@ -18,6 +18,8 @@ note where a model does not give the same results, e.g. one that rescales its in
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -28,6 +30,12 @@ from torch import nn
 from .model import forward_rows, position_ids_from_mask, trunk_of, unwrap
 
 CACHE_FILE = "frozen-prefix.f32"
+STORE_VERSION = 1  # bump when what a stored file holds, or how it is computed, changes
+# Config fields that decide what the embeddings and lower blocks compute (beside their weights).
+ARCHITECTURE_FIELDS = (
+    "model_type", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
+    "rope_theta", "rope_scaling", "rms_norm_eps", "layer_norm_eps", "attention_bias", "sliding_window",
+)  # fmt: skip
 # The cache stays in RAM while it takes at most this share of the memory available, else goes to disk.
 RAM_SHARE = 0.25
 
@@ -84,15 +92,15 @@ class FrozenPrefixCache:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, model, n_frozen: int, datasets: list, workdir: str | Path, batch_size: int = 8, say=print):
-        """Run the lower blocks once over every sequence of `datasets` -> (cache, datasets with a `cache_row` column)."""
-        from tqdm.auto import tqdm
+    def build(
+        cls, model, n_frozen: int, datasets: list, workdir: str | Path, batch_size: int = 8, say=print, shared=False
+    ):
+        """Run the lower blocks once over every sequence of `datasets` -> (cache, datasets with a `cache_row` column).
 
-        from .data.collator import pad_rows
-
-        causal_lm = unwrap(model)
-        hidden = causal_lm.config.get_text_config().hidden_size
-        pad = causal_lm.config.pad_token_id
+        `shared`: read the states from, or leave them in, the hafrm cache (`StoredFrozenStates`), where other
+        runs with the same frozen blocks and sequences find them; `close` leaves that file in place.
+        """
+        hidden = unwrap(model).config.get_text_config().hidden_size
         # row-major over the datasets, numbered on: sequence k is the chosen (k even) or rejected (k odd) of row k // 2
         sequences = [ids for dataset in datasets for pair in zip(*_sides(dataset)) for ids in pair]
         n_rows = len(sequences) // 2
@@ -102,56 +110,28 @@ class FrozenPrefixCache:
         total = int(ends[-1]) if len(ends) else 0
         nbytes = total * hidden * 4
         path = None
-        if nbytes > RAM_SHARE * _available_memory():
+        began = time.perf_counter()
+        if shared:
+            stored = StoredFrozenStates.load_or_build(model, n_frozen, sequences, batch_size, say=say)
+            states, seconds = stored.states, time.perf_counter() - began
+            if not stored.built:
+                say(f"frozen-prefix cache: read from {stored.path} ({len(sequences)} sequences, {total} tokens)")
+        elif nbytes > RAM_SHARE * _available_memory():
             path = Path(workdir) / CACHE_FILE
             path.parent.mkdir(parents=True, exist_ok=True)
             states = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(total, hidden))
         else:
             states = torch.empty(total, hidden, dtype=torch.float32)
-        device = next(model.parameters()).device
-        captured = {}
-
-        def stop(_module, _args, output):
-            captured["states"] = output[0] if isinstance(output, tuple) else output
-            raise _StopAfterLastFrozenBlock
-
-        blocks = transformer_blocks(causal_lm)
-        hook = blocks[n_frozen - 1].register_forward_hook(stop)
-        was_training = model.training
-        model.eval()
-        began = time.perf_counter()
-        order = sorted(range(len(sequences)), key=lambda k: -len(sequences[k]))
-        try:
-            for first in tqdm(range(0, len(order), 2 * batch_size), desc="frozen-prefix cache", unit="batch"):
-                members = order[first : first + 2 * batch_size]
-                batch = pad_rows([sequences[k] for k in members], [0] * len(members), pad, "right")
-                mask = batch["attention_mask"].to(device)
-                with contextlib.suppress(_StopAfterLastFrozenBlock):
-                    model(
-                        input_ids=batch["input_ids"].to(device),
-                        attention_mask=mask,
-                        position_ids=position_ids_from_mask(mask),
-                        use_cache=False,
-                    )
-                values = captured.pop("states").float().cpu()
-                for j, k in enumerate(members):
-                    begin = int(offsets.view(-1)[k])
-                    length = len(sequences[k])
-                    if path is None:
-                        states[begin : begin + length] = values[j, :length]
-                    else:
-                        states[begin : begin + length] = values[j, :length].numpy()
-        finally:
-            hook.remove()
-            model.train(was_training)
-        if path is not None:
-            states.flush()
-        where = f"memory-mapped at {path}" if path else "in RAM"
-        seconds = time.perf_counter() - began
-        say(
-            f"frozen-prefix cache: blocks 1-{n_frozen} run once over {len(sequences)} sequences ({total} tokens) in "
-            f"{seconds:.1f} s; {nbytes / 2**20:.0f} MiB {where}"
-        )
+        if not shared:
+            run_lower_blocks(model, n_frozen, sequences, states, offsets.view(-1), batch_size)
+            if path is not None:
+                states.flush()
+            where = f"memory-mapped at {path}" if path else "in RAM"
+            seconds = time.perf_counter() - began
+            say(
+                f"frozen-prefix cache: blocks 1-{n_frozen} run once over {len(sequences)} sequences ({total} tokens) in "
+                f"{seconds:.1f} s; {nbytes / 2**20:.0f} MiB {where}"
+            )
         numbered, row_base = [], 0
         for dataset in datasets:
             numbered.append(dataset.add_column("cache_row", list(range(row_base, row_base + len(dataset)))))
@@ -163,24 +143,8 @@ class FrozenPrefixCache:
     def batch_states(self, batch: dict) -> torch.Tensor:
         """The cached states laid out as `batch` lays out its tokens -> [R, L, H] (zeros at padding)."""
         rows = batch["cache_row"]  # [B] pairs; sequence s is chosen of pair s (s < B) or rejected of pair s - B
-        n_pairs = rows.shape[0]
-        if "sequence_ends" in batch:  # packed or shared rows: each token's sequence and position are given
-            sequence, position = batch["sequence_ids"], batch["position_ids"]
-        else:  # padded: row s is sequence s; positions counted over real tokens
-            sequence = torch.arange(batch["input_ids"].shape[0])[:, None].expand_as(batch["input_ids"])
-            sequence = sequence.masked_fill(batch["attention_mask"] == 0, -1)
-            position = position_ids_from_mask(batch["attention_mask"])
-        real = sequence >= 0
-        seq = sequence.clamp(min=0)
-        starts = self.offsets[rows[seq % n_pairs], (seq >= n_pairs).long()]  # [R, L]
-        index = (starts + position)[real]
-        hidden = self.states.shape[1]
-        out = torch.zeros(*sequence.shape, hidden, dtype=torch.float32)
-        if self.path is None:
-            out[real] = self.states[index]
-        else:
-            out[real] = torch.from_numpy(np.asarray(self.states[index.numpy()]))
-        return out
+        starts = torch.cat([self.offsets[rows, 0], self.offsets[rows, 1]])  # [2B], where each sequence begins
+        return gather_states(self.states, starts, batch)
 
     def collate(self, batch: dict) -> dict:
         """A collated batch (with `cache_row`) plus the cached states in its layout and the count of blocks they skip."""
@@ -191,6 +155,187 @@ class FrozenPrefixCache:
         self.states = None
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+
+
+class StoredFrozenStates:
+    """The frozen lower blocks' output for a list of sequences, on disk, shared by every run with those blocks.
+
+        frozen = StoredFrozenStates.load_or_build(model, n_frozen=28, sequences=ids)
+        score_sequences(model, ids, ..., frozen=frozen)       # only the trained top blocks and the heads run
+
+    Every `--finetune freeze` run of one base model with the same number of frozen blocks keeps that
+    base's embeddings and lower blocks, so the states those blocks give a test set are the same for all
+    of them: the first evaluation computes them, the others read them. The file is named by a digest of
+    the embeddings' and lower blocks' weights, the architecture, the dtype and the token ids
+    (`cache_root()/frozen-prefix/KEY.npy`); it is written under a temporary name and renamed when whole.
+    """
+
+    def __init__(self, states, starts: torch.Tensor, n_frozen: int, path: Path):
+        self.states = states  # numpy memmap [total tokens, H]
+        self.starts = starts  # [S]: where each sequence's states begin
+        self.n_frozen = n_frozen
+        self.path = path
+        self.built = False  # computed by this call (else read from the file)
+
+    @classmethod
+    def load_or_build(cls, model, n_frozen: int, sequences: list[list[int]], batch_size: int = 8, root=None, say=print):
+        from .default_model import cache_root
+
+        lengths = torch.tensor([len(ids) for ids in sequences], dtype=torch.long)
+        starts = lengths.cumsum(0) - lengths
+        hidden = unwrap(model).config.get_text_config().hidden_size
+        shape = (int(lengths.sum()), hidden)
+        key = states_key(model, n_frozen, sequences)
+        path = Path(root or cache_root()) / "frozen-prefix" / f"{key}.npy"
+        if path.is_file():
+            try:
+                states = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as error:
+                say(f"note: stored frozen-block states {path} are unreadable ({error}); computing them again")
+            else:
+                if states.shape == shape and states.dtype == np.float32:
+                    return cls(states, starts, n_frozen, path)
+                say(
+                    f"note: stored frozen-block states {path} have shape {states.shape}, not {shape}; computing them again"
+                )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+        began = time.perf_counter()
+        try:
+            states = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
+            run_lower_blocks(model, n_frozen, sequences, states, starts, batch_size)
+            states.flush()
+            del states
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        say(
+            f"frozen-prefix states: blocks 1-{n_frozen} run over {len(sequences)} sequences ({shape[0]} tokens) in "
+            f"{time.perf_counter() - began:.1f} s; {shape[0] * hidden * 4 / 2**20:.0f} MiB kept at {path} for other runs"
+        )
+        stored = cls(np.load(path, mmap_mode="r"), starts, n_frozen, path)
+        stored.built = True
+        return stored
+
+    def gather(self, members: list[int], batch: dict) -> dict:
+        """`batch` (rows of the sequences `members`, in that order) with the states in its layout added."""
+        starts = self.starts[torch.as_tensor(members, dtype=torch.long)]
+        return {
+            **batch,
+            "frozen_states": gather_states(self.states, starts, batch),
+            "frozen_blocks": torch.tensor(self.n_frozen),
+        }
+
+    @torch.no_grad()
+    def error(self, model, sequences: list[list[int]], prompt_lengths: list[int], **heads) -> float:
+        """Largest relative difference between the heads' outputs on the first two sequences run whole and from the states."""
+        from .data.collator import pad_rows
+
+        members = list(range(min(2, len(sequences))))
+        batch = pad_rows(
+            [sequences[i] for i in members],
+            [prompt_lengths[i] for i in members],
+            unwrap(model).config.pad_token_id,
+            "right",
+        )
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            whole = forward_rows(model, {k: v.to(device) for k, v in batch.items()}, **heads)
+            cached = forward_rows(model, {k: v.to(device) for k, v in self.gather(members, batch).items()}, **heads)
+        finally:
+            model.train(was_training)
+        return max(((a - b).abs() / (1 + b.abs())).max().item() for a, b in zip(cached[:2], whole[:2]) if a is not None)
+
+
+def states_key(model, n_frozen: int, sequences: list[list[int]]) -> str:
+    """Digest of what the lower `n_frozen` blocks' output depends on: their weights (and the embeddings'), the
+    architecture, the dtype and the token ids."""
+    causal_lm = unwrap(model)
+    config = causal_lm.config.get_text_config()
+    digest = hashlib.sha256(f"v{STORE_VERSION};{n_frozen};".encode())
+    digest.update(repr([(name, getattr(config, name, None)) for name in ARCHITECTURE_FIELDS]).encode())
+    modules = [causal_lm.get_input_embeddings(), *list(transformer_blocks(causal_lm))[:n_frozen]]
+    with torch.no_grad():
+        for index, module in enumerate(modules):
+            for name, param in module.named_parameters():
+                values = param.detach().float()
+                digest.update(
+                    f"{index}.{name}{tuple(param.shape)}{param.dtype}"
+                    f"{values.sum().item():.8e}{values.abs().sum().item():.8e}{values.square().sum().item():.8e}".encode()
+                )
+    for ids in sequences:
+        digest.update(np.asarray(ids, dtype=np.int64).tobytes() + b";")
+    return digest.hexdigest()[:24]
+
+
+@torch.no_grad()
+def run_lower_blocks(model, n_frozen: int, sequences: list[list[int]], states, starts: torch.Tensor, batch_size: int):
+    """Write the output of block `n_frozen` for every token of `sequences` into `states` [total, H] at `starts` [S].
+
+    Sequences run longest first, 2 x batch_size per pass, padded on the right; the forward is stopped
+    by a hook once the last frozen block has run. `states` is a float32 tensor or a numpy memmap.
+    """
+    from tqdm.auto import tqdm
+
+    from .data.collator import pad_rows
+
+    causal_lm = unwrap(model)
+    pad = causal_lm.config.pad_token_id
+    device = next(model.parameters()).device
+    captured = {}
+
+    def stop(_module, _args, output):
+        captured["states"] = output[0] if isinstance(output, tuple) else output
+        raise _StopAfterLastFrozenBlock
+
+    hook = transformer_blocks(causal_lm)[n_frozen - 1].register_forward_hook(stop)
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(sequences)), key=lambda k: -len(sequences[k]))
+    on_disk = not isinstance(states, torch.Tensor)
+    try:
+        for first in tqdm(range(0, len(order), 2 * batch_size), desc="frozen-prefix cache", unit="batch"):
+            members = order[first : first + 2 * batch_size]
+            batch = pad_rows([sequences[k] for k in members], [0] * len(members), pad, "right")
+            mask = batch["attention_mask"].to(device)
+            with contextlib.suppress(_StopAfterLastFrozenBlock):
+                model(
+                    input_ids=batch["input_ids"].to(device),
+                    attention_mask=mask,
+                    position_ids=position_ids_from_mask(mask),
+                    use_cache=False,
+                )
+            values = captured.pop("states").float().cpu()
+            for j, k in enumerate(members):
+                begin, length = int(starts[k]), len(sequences[k])
+                states[begin : begin + length] = values[j, :length].numpy() if on_disk else values[j, :length]
+    finally:
+        hook.remove()
+        model.train(was_training)
+
+
+def gather_states(states, starts: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Per-sequence states [total, H] laid out as `batch` lays out its tokens -> [R, L, H] (zeros at padding).
+
+    `starts` [S] is where each of the batch's sequences begins in `states`: padded rows are sequences
+    0..S-1 in row order; packed or shared rows say each token's sequence and position themselves.
+    """
+    if "sequence_ends" in batch:
+        sequence, position = batch["sequence_ids"], batch["position_ids"]
+    else:
+        sequence = torch.arange(batch["input_ids"].shape[0])[:, None].expand_as(batch["input_ids"])
+        sequence = sequence.masked_fill(batch["attention_mask"] == 0, -1)
+        position = position_ids_from_mask(batch["attention_mask"])
+    real = sequence >= 0
+    index = (starts[sequence.clamp(min=0)] + position)[real]
+    out = torch.zeros(*sequence.shape, states.shape[1], dtype=torch.float32)
+    if isinstance(states, torch.Tensor):
+        out[real] = states[index]
+    else:
+        out[real] = torch.from_numpy(np.asarray(states[index.numpy()]))
+    return out
 
 
 def _sides(dataset):

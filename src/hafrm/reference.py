@@ -128,8 +128,12 @@ def reference_key(model, dataset) -> str:
     return f"{model_fingerprint(model)}-{dataset_fingerprint(dataset)}-{dtype}-v{CACHE_VERSION}"
 
 
-def add_reference_logps(model, dataset, collator, batch_size: int, use_cache: bool = True):
-    """`dataset` with `ref_chosen_logps` / `ref_rejected_logps` columns, from the disk cache when it is whole."""
+def add_reference_logps(model, dataset, collator, batch_size: int, use_cache: bool = True, compute=None):
+    """`dataset` with `ref_chosen_logps` / `ref_rejected_logps` columns, from the disk cache when it is whole.
+
+    `compute(model, dataset)` -> (chosen, rejected) replaces the collator's pass where the caller has a
+    cheaper exact one (evaluation from stored frozen-block states).
+    """
     key = reference_key(model, dataset)
     path = cache_root() / "reference" / f"{key}.pt"
     cached = read_cache(path, len(dataset), key) if use_cache and path.is_file() else None
@@ -137,7 +141,10 @@ def add_reference_logps(model, dataset, collator, batch_size: int, use_cache: bo
         logger.info("reusing reference log-probs from %s", path)
         chosen, rejected = cached
     else:
-        chosen, rejected = compute_reference_logps(model, dataset, collator, batch_size)
+        if compute is not None:
+            chosen, rejected = compute(model, dataset)
+        else:
+            chosen, rejected = compute_reference_logps(model, dataset, collator, batch_size)
         if use_cache:
             write_cache(path, chosen, rejected, key)
     dataset = dataset.remove_columns(

@@ -36,7 +36,7 @@ DISCARDED = "discarded"
 FREE_ON_RESUME = frozenset(
     {"resume", "overwrite", "output_dir", "report_to", "logging_steps", "eval_batch_size", "save_total_limit"}
     # exact ways to compute the same step (to float rounding), each checked against the plain forward
-    | {"prompt_sharing", "prefix_cache", "attn_implementation"}
+    | {"prompt_sharing", "prefix_cache", "share_prefix_cache", "attn_implementation"}
 )
 # Recorded for information, not identity.
 NOT_IDENTITY = frozenset({"hafrm_version", "reward_mean", "reward_std"})

@@ -80,8 +80,9 @@ def _validation_pairs(cfg: TrainConfig, train_pairs: list):
         pairs, reports = load_data(f"{items[0].target}:validation", **load)
         return train_pairs, pairs, reports[0].summary(), reports
     if cfg.val_fraction > 0:
-        train_pairs, pairs = split_validation(train_pairs, cfg.val_fraction, cfg.seed)
-        return train_pairs, pairs, f"{cfg.val_fraction:.0%} of the training pairs, seed {cfg.seed}", []
+        seed = cfg.seed if cfg.val_seed is None else cfg.val_seed
+        train_pairs, pairs = split_validation(train_pairs, cfg.val_fraction, seed)
+        return train_pairs, pairs, f"{cfg.val_fraction:.0%} of the training pairs, seed {seed}", []
     return train_pairs, None, "", []
 
 
@@ -357,7 +358,7 @@ def frozen_prefix_cache(cfg: TrainConfig, model, objective: Objective, collator,
         return None, train_set, eval_set
     sets = [train_set] + ([eval_set] if eval_set is not None else [])
     batch = cfg.eval_batch_size or cfg.batch_size
-    cache, numbered = FrozenPrefixCache.build(model, n_frozen, sets, cfg.output_dir, batch, say)
+    cache, numbered = FrozenPrefixCache.build(model, n_frozen, sets, cfg.output_dir, batch, say, cfg.share_prefix_cache)
     heads = {"need_rewards": objective.uses_reward_head, "need_logps": objective.uses_policy_head}
     try:
         error = cache_error(model, cache, collator, numbered[0][0], **heads)

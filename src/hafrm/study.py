@@ -1,0 +1,212 @@
+"""The figures that decide a comparison: intervals over test pairs, paired differences, calibration, kinds, α.
+
+An experiment with `baseline: RUN` keeps every pair's scores (`save_scores`) and adds, from them:
+
+    accuracy [95% interval]   over test pairs, each pair's outcome averaged over the seeds first
+    paired differences        each run against the baseline on the same pairs (metrics.paired_difference)
+    calibration               ECE of σ(s_c − s_r) of each run's own score, mean ± std over seeds
+    per kind                  accuracy per `subset` (the built-in set's constraint kinds), mean over seeds
+    α curve                   `alpha_curve: [RUN, ...]`: accuracy against each run's α (a plain rm run is α = 0)
+
+A run's own score is its reward head, or β·log π/π_ref for dpo (`experiment.headline`).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+
+from .metrics import Z95, calibration_bins, paired_difference
+
+
+def own_scores(report: dict) -> tuple[list[float], list[float]]:
+    """(chosen, rejected) scores of a run's own head, in data order, from a report kept with `save_scores`."""
+    from .experiment import headline
+
+    head = headline(report)["head"]
+    if "scores" not in report:
+        raise ValueError(f"{report.get('model')}: the evaluation kept no per-pair scores (run it with save_scores)")
+    values = report["scores"][head]
+    n = len(values) // 2
+    return values[:n], values[n:]
+
+
+def correct(report: dict) -> list[bool]:
+    """Per pair: the run's own score puts chosen strictly above rejected (as accuracy counts it)."""
+    chosen, rejected = own_scores(report)
+    return [c > r for c, r in zip(chosen, rejected)]
+
+
+def seed_outcomes(by_seed: dict) -> np.ndarray:
+    """[seeds, pairs] of 0/1 outcomes, seeds in key order."""
+    return np.asarray([correct(by_seed[seed]) for seed in sorted(by_seed)], dtype=np.float64)
+
+
+def pooled_accuracy(by_seed: dict) -> dict:
+    """Seed-mean accuracy with a 95% interval over test pairs (outcomes averaged over seeds per pair)."""
+    outcomes = seed_outcomes(by_seed).mean(axis=0)  # [N]
+    n = outcomes.size
+    mean = float(outcomes.mean())
+    half = Z95 * float(outcomes.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+    per_seed = seed_outcomes(by_seed).mean(axis=1).tolist()
+    return {
+        "accuracy": mean,
+        "ci95": [mean - half, mean + half],
+        "seed_std": statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0,
+        "per_seed": per_seed,
+        "pairs": n,
+    }
+
+
+def calibration(by_seed: dict) -> dict:
+    """ECE of each seed's own score (mean ± std over seeds)."""
+    values = [calibration_bins(*own_scores(by_seed[seed]))["ece"] for seed in sorted(by_seed)]
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def per_kind(by_seed: dict) -> dict:
+    """{kind: (mean accuracy over seeds, pairs)} of the run's own head, where the set's rows carry a subset."""
+    from .experiment import headline
+
+    reports = [by_seed[seed] for seed in sorted(by_seed)]
+    if "per_subset" not in reports[0]:
+        return {}
+    head = headline(reports[0])["head"]
+    return {
+        kind: (statistics.fmean(r["per_subset"][kind][head]["accuracy"] for r in reports), group["pairs"])
+        for kind, group in reports[0]["per_subset"].items()
+    }
+
+
+def study_figures(spec, results: dict) -> dict:
+    """Every study figure of an experiment with a baseline: {accuracy, paired, calibration, kinds, alpha_curve}."""
+    from .experiment import train_config
+
+    figures = {"accuracy": {}, "paired": {}, "calibration": {}, "kinds": {}}
+    for run, by_set in results.items():
+        for set_name, by_seed in by_set.items():
+            figures["accuracy"].setdefault(run, {})[set_name] = pooled_accuracy(by_seed)
+            figures["calibration"].setdefault(run, {})[set_name] = calibration(by_seed)
+            kinds = per_kind(by_seed)
+            if kinds:
+                figures["kinds"].setdefault(set_name, {})[run] = kinds
+            if run != spec.baseline:
+                baseline = results[spec.baseline][set_name]
+                if sorted(baseline) != sorted(by_seed):
+                    raise ValueError(f"run {run!r} and the baseline {spec.baseline!r} differ in seeds on {set_name}")
+                figures["paired"].setdefault(run, {})[set_name] = paired_difference(
+                    seed_outcomes(by_seed), seed_outcomes(baseline)
+                )
+    curve = []
+    for run in spec.alpha_curve:
+        cfg = train_config(spec, run, spec.seeds[0])
+        alpha = 0.0 if cfg.method == "rm" else float(cfg.alpha)
+        curve.append({"run": run, "alpha": alpha, **{s: figures["accuracy"][run][s] for s in spec.evaluate}})
+    figures["alpha_curve"] = sorted(curve, key=lambda point: point["alpha"])
+    return figures
+
+
+def _interval(figure: dict) -> str:
+    low, high = figure["ci95"]
+    return f"{figure['accuracy']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.3f}"
+
+
+def study_markdown(spec, figures: dict) -> str:
+    sets = list(spec.evaluate)
+    lines = [
+        "## Accuracy with 95% intervals",
+        "",
+        "Each run's own score; each pair's outcome averaged over the seeds, the interval over test pairs "
+        "(mean ± 1.96·sd/√N); seed-to-seed std in parentheses.",
+        "",
+        "| run | " + " | ".join(f"{s} ({figures['accuracy'][spec.baseline][s]['pairs']} pairs)" for s in sets) + " |",
+        "|---|" + "---|" * len(sets),
+    ]
+    for run, by_set in figures["accuracy"].items():
+        cells = [f"{_interval(by_set[s])} ({by_set[s]['seed_std']:.3f})" for s in sets]
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"## Paired differences against {spec.baseline}",
+        "",
+        f"Accuracy minus {spec.baseline}'s on the same test pairs, seeds matched: difference [95% interval], "
+        "two-sided p of the paired test over pairs (`metrics.paired_difference`), and the per-seed differences.",
+        "",
+        "| run | " + " | ".join(sets) + " |",
+        "|---|" + "---|" * len(sets),
+    ]
+    for run, by_set in figures["paired"].items():
+        cells = []
+        for s in sets:
+            d = by_set[s]
+            low, high = d["ci95"]
+            seeds = ", ".join(_signed(v) for v in d["per_seed"])
+            cells.append(
+                f"{_signed(d['difference'])} [{_signed(low)}, {_signed(high)}], p = {d['p_value']:.3g} ({seeds})"
+            )
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Calibration",
+        "",
+        "Expected calibration error of σ(s_chosen − s_rejected), 10 bins, both orientations of each pair; "
+        "mean ± std over seeds (lower is better).",
+        "",
+        "| run | " + " | ".join(sets) + " |",
+        "|---|" + "---|" * len(sets),
+    ]
+    for run, by_set in figures["calibration"].items():
+        lines.append(
+            f"| {run} | " + " | ".join(f"{by_set[s]['mean']:.3f} ± {by_set[s]['std']:.3f}" for s in sets) + " |"
+        )
+    for set_name, by_run in figures["kinds"].items():
+        kinds = list(next(iter(by_run.values())))
+        lines += [
+            "",
+            f"## Per constraint kind on {set_name}",
+            "",
+            "Accuracy of each run's own score per kind of broken constraint, mean over seeds.",
+            "",
+            "| run | " + " | ".join(f"{k} ({by_run[spec.baseline][k][1]})" for k in kinds) + " |",
+            "|---|" + "---|" * len(kinds),
+        ]
+        for run, by_kind in by_run.items():
+            lines.append(f"| {run} | " + " | ".join(f"{by_kind[k][0]:.3f}" for k in kinds) + " |")
+    if figures["alpha_curve"]:
+        lines += [
+            "",
+            "## α curve",
+            "",
+            "Accuracy [95% interval] against α (α = 0: the plain reward model).",
+            "",
+            "| α | run | " + " | ".join(sets) + " |",
+            "|---|---|" + "---|" * len(sets),
+        ]
+        for point in figures["alpha_curve"]:
+            lines.append(
+                f"| {point['alpha']:g} | {point['run']} | " + " | ".join(_interval(point[s]) for s in sets) + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_study_plots(spec, figures: dict, output) -> None:
+    from . import plots
+
+    differences = {
+        run: {s: (d["difference"], d["ci95"]) for s, d in by_set.items()} for run, by_set in figures["paired"].items()
+    }
+    plots.paired_differences_plot(
+        differences, output / "paired-differences.png",
+        title=f"{spec.name}: accuracy minus {spec.baseline}'s, same pairs (95% intervals)",
+    )  # fmt: skip
+    if figures["alpha_curve"]:
+        curves = {
+            s: [(p["alpha"], p[s]["accuracy"], p[s]["ci95"]) for p in figures["alpha_curve"]] for s in spec.evaluate
+        }
+        plots.alpha_curve_plot(curves, output / "alpha-curve.png", title=f"{spec.name}: accuracy against α")
