@@ -336,3 +336,16 @@ def test_a_comparison_evaluates_runs_reused_from_another_experiment_without_trai
         there = json.loads((tmp_path / "exp" / "rm" / f"seed{seed}" / "eval-mine.json").read_text())
         assert here["model"] == str(tmp_path / "exp" / "rm" / f"seed{seed}")
         assert here["reward_head"] == there["reward_head"]
+
+
+def test_runs_and_seeds_select_a_part_tabulated_apart(tmp_path, tiny_model, pairs_file, capsys):
+    path = small_spec(tmp_path, tiny_model, pairs_file)
+    assert main(["experiment", str(path), "--seeds", "1", "--runs", "rm"]) == 0
+    out = tmp_path / "exp"
+    assert sorted(p.name for p in out.iterdir()) == ["part-runs-rm-seeds-1", "rm"]
+    assert [p.name for p in (out / "rm").iterdir()] == ["seed1"]
+    part = json.loads((out / "part-runs-rm-seeds-1" / "results.json").read_text())
+    assert list(part["table"]) == ["rm"] and len(part["table"]["rm"]["mine"]["per_seed"]) == 1
+    assert f"`hafrm experiment {path} --runs rm --seeds 1`" in (out / "part-runs-rm-seeds-1" / "results.md").read_text()
+    assert main(["experiment", str(path), "--seeds", "0,5"]) == 1
+    assert "has no run or seed [5]" in capsys.readouterr().err

@@ -49,7 +49,7 @@ COMMANDS = {
 USAGE = (
     "usage: hafrm {train,eval,score,export,bon,rlhf,serve} [--config FILE.yaml] [--flags ...]\n"
     "       hafrm data stats NAME... [--max-length L] [--model M]\n"
-    "       hafrm experiment CONFIG.yaml [--dry-run]\n"
+    "       hafrm experiment CONFIG.yaml [--dry-run] [--runs A,B] [--seeds 0,1]\n"
     "(hafrm COMMAND --help lists the flags)"
 )
 
@@ -90,12 +90,16 @@ def _experiment(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="hafrm experiment", description="train and compare methods, resumable")
     parser.add_argument("config", help="experiment YAML (see configs/experiments/)")
     parser.add_argument("--dry-run", action="store_true", help="check the config and print the plan only")
+    parser.add_argument("--runs", help="only these runs (comma-separated); tables go to OUTPUT_DIR/part-...")
+    parser.add_argument("--seeds", help="only these seeds (comma-separated); tables go to OUTPUT_DIR/part-...")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .experiment import run_experiment
 
     try:
-        run_experiment(args.config, dry_run=args.dry_run)
+        runs = args.runs.split(",") if args.runs else None
+        seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else None
+        run_experiment(args.config, dry_run=args.dry_run, runs=runs, seeds=seeds)
     except USER_ERRORS as error:
         print(f"hafrm experiment: error: {error}", file=sys.stderr)
         return 1

@@ -55,6 +55,7 @@ class ExperimentSpec:
     baseline: str = ""  # a run: per-pair scores kept, paired differences against it, intervals, calibration (study.py)
     alpha_curve: list[str] = field(default_factory=list)  # runs whose accuracy is drawn against their α
     description: str = ""
+    selection: str = ""  # set by `--runs` / `--seeds`: tables and plots go to output_dir/part-SELECTION
 
 
 def load_spec(path: str | Path, overrides: dict | None = None) -> ExperimentSpec:
@@ -264,8 +265,47 @@ def headline(report: dict) -> dict:
     return {"accuracy": report[head]["accuracy"], "margin": report[head]["margin"], "head": head}
 
 
-def run_experiment(path: str | Path, dry_run: bool = False, overrides: dict | None = None) -> dict:
+def select(spec: ExperimentSpec, runs: list[str] | None = None, seeds: list[int] | None = None) -> ExperimentSpec:
+    """The part of an experiment with these runs and seeds (each must be in the config): trained and
+    evaluated in the same RUN/seedS directories, tabulated apart, in output_dir/part-SELECTION."""
+    unknown = [run for run in runs or [] if run not in spec.runs] + [
+        seed for seed in seeds or [] if seed not in spec.seeds
+    ]
+    if unknown:
+        raise ValueError(
+            f"experiment {spec.name!r} has no run or seed {unknown}: runs {list(spec.runs)}, seeds {spec.seeds}"
+        )
+    kept = [run for run in spec.runs if not runs or run in runs]
+    for needed in [spec.baseline] if spec.baseline else []:
+        if needed not in kept:
+            raise ValueError(f"--runs must keep the baseline run {needed!r}")
+    flags = (f" --runs {','.join(runs)}" if runs else "") + (f" --seeds {','.join(map(str, seeds))}" if seeds else "")
+    return dataclasses.replace(
+        spec,
+        runs={run: spec.runs[run] for run in kept},
+        seeds=[seed for seed in spec.seeds if not seeds or seed in seeds],
+        alpha_curve=[run for run in spec.alpha_curve if run in kept],
+        selection=flags.strip(),
+    )
+
+
+def results_dir(spec: ExperimentSpec) -> Path:
+    if not spec.selection:
+        return Path(spec.output_dir)
+    tag = spec.selection.replace("--", "").replace(" ", "-").replace(",", "_")
+    return Path(spec.output_dir) / f"part-{tag}"
+
+
+def run_experiment(
+    path: str | Path,
+    dry_run: bool = False,
+    overrides: dict | None = None,
+    runs: list[str] | None = None,
+    seeds: list[int] | None = None,
+) -> dict:
     spec = load_spec(path, overrides)
+    if runs or seeds:
+        spec = select(spec, runs, seeds)
     print("\n".join(plan(spec)))
     if dry_run:
         return {}
@@ -335,7 +375,7 @@ def results_markdown(spec: ExperimentSpec, table: dict, config_path: Path) -> st
         "",
         "## Budget and command",
         "",
-        f"`hafrm experiment {config_path}`",
+        f"`hafrm experiment {config_path}{' ' + spec.selection if spec.selection else ''}`",
         "",
         "```yaml",
         yaml.safe_dump(
@@ -408,7 +448,8 @@ def figures_markdown(spec: ExperimentSpec, results: dict) -> str:
 
 
 def write_results(spec: ExperimentSpec, results: dict, config_path: Path) -> dict:
-    output = Path(spec.output_dir)
+    output = results_dir(spec)
+    output.mkdir(parents=True, exist_ok=True)
     table = summarise(spec, results)
     (output / "results.json").write_text(json.dumps({"table": table, "reports": results}, indent=2) + "\n")
     markdown = results_markdown(spec, table, config_path) + "\n" + figures_markdown(spec, results)
@@ -428,7 +469,7 @@ def write_results(spec: ExperimentSpec, results: dict, config_path: Path) -> dic
 def write_plots(spec: ExperimentSpec, table: dict, results: dict) -> None:
     from . import plots
 
-    output = Path(spec.output_dir)
+    output = results_dir(spec)
     bars = {run: {s: (row[s]["mean"], row[s]["std"]) for s in spec.evaluate} for run, row in table.items()}
     plots.accuracy_bars(bars, output / "accuracy.png", title=f"{spec.name}: pairwise accuracy (mean ± std over seeds)")
     if spec.design == "alpha-sweep":
