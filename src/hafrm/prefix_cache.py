@@ -238,15 +238,7 @@ class StoredFrozenStates:
             unwrap(model).config.pad_token_id,
             "right",
         )
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        try:
-            whole = forward_rows(model, {k: v.to(device) for k, v in batch.items()}, **heads)
-            cached = forward_rows(model, {k: v.to(device) for k, v in self.gather(members, batch).items()}, **heads)
-        finally:
-            model.train(was_training)
-        return max(((a - b).abs() / (1 + b.abs())).max().item() for a, b in zip(cached[:2], whole[:2]) if a is not None)
+        return whole_against_cached(model, batch, self.gather(members, batch), heads)
 
 
 def states_key(model, n_frozen: int, sequences: list[list[int]]) -> str:
@@ -351,14 +343,18 @@ def _available_memory() -> int:
 @torch.no_grad()
 def cache_error(model, cache: FrozenPrefixCache, collator, row: dict, **heads) -> float:
     """Largest relative difference between the heads' outputs on one pair run whole and run from the cache."""
+    return whole_against_cached(model, collator([row]), cache.collate(collator([row])), heads)
+
+
+@torch.no_grad()
+def whole_against_cached(model, batch: dict, cached_batch: dict, heads: dict) -> float:
+    """Largest relative difference between the heads' outputs on `batch` run whole and on the same rows fed from states."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     try:
-        batch = {key: value.to(device) for key, value in collator([row]).items()}
-        whole = forward_rows(model, batch, **heads)
-        cached_batch = {key: value.to(device) for key, value in cache.collate(collator([row])).items()}
-        cached = forward_rows(model, cached_batch, **heads)
+        whole = forward_rows(model, {key: value.to(device) for key, value in batch.items()}, **heads)
+        cached = forward_rows(model, {key: value.to(device) for key, value in cached_batch.items()}, **heads)
     finally:
         model.train(was_training)
     return max(((a - b).abs() / (1 + b.abs())).max().item() for a, b in zip(cached[:2], whole[:2]) if a is not None)
