@@ -9,14 +9,14 @@ tokenisation is. The baselines are plain loops over AutoModelForSequenceClassifi
 file order, --batch-size conversations per batch, chosen and rejected in separate batches, padded
 either to the fixed --max-length (`fixed`, the issue's baseline) or to each batch's longest row
 (`longest`, what RewardBench's pipeline does with padding=True). hafrm's is the loop `hafrm eval`
-and `hafrm score` run (model.score_sequences): the 2N responses sorted by length, 2 x --batch-size
+and `hafrm score` run (inference.score_sequences): the 2N responses sorted by length, 2 x --batch-size
 per forward pass, only the reward head, each pair's prompt run once (`hafrm`) or twice
 (`hafrm-unshared`, --no-prompt-sharing). Rounds alternate the loops; the table prints pairs per
 second, min / median / max over rounds, and checks that all give the same rewards.
 
 Best-of-N (--bon 4,8): N responses to each of --bon-prompts prompts (stand-ins for N samples: the
 prompt's own chosen and rejected replies and those of the pairs after it, so HH lengths), scored the
-way `hafrm bon` scores them (`evaluate.response_rewards`: the N responses of a prompt in one unit,
+way `hafrm bon` scores them (`scoring.RewardModel.score`: the N responses of a prompt in one unit,
 the prompt run once) against a per-response loop (one AutoModelForSequenceClassification call per
 response, as a reward server without batching does) and against hafrm with sharing off.
 """
@@ -51,23 +51,24 @@ def parse_args(argv=None):
 
 
 def save_reward_model(model_name: str, directory: Path) -> None:
-    from hafrm.checkpoint import load_base_model, write_hafrm_config
+    from hafrm.checkpoint import load_base_model
+    from hafrm.runrecord import write_run_record
 
     model, tokenizer = load_base_model(model_name, with_score_head=True)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    write_hafrm_config(directory, {"base_model": model_name, "reward_head": True, "policy_loss": "dpo", "beta": 0.1})
+    write_run_record(directory, {"base_model": model_name, "reward_head": True})  # the reader fills in the rest
 
 
 @torch.inference_mode()
-def hafrm_scores(model, tokenizer, pairs, batch_size: int, max_length: int, sharing: bool = True) -> torch.Tensor:
-    from hafrm.data import PairCollator, tokenize_pairs
-    from hafrm.evaluate import pair_scores
+def hafrm_scores(reward, tokenizer, pairs, batch_size: int, max_length: int, sharing: bool = True) -> torch.Tensor:
+    from hafrm.data import tokenize_pairs
+    from hafrm.data.tokenize import pair_sequences
 
     dataset, _ = tokenize_pairs(pairs, tokenizer, max_length)
-    collator = PairCollator(tokenizer.pad_token_id, tokenizer.padding_side, prompt_sharing=sharing)
-    scores = pair_scores(model, dataset, collator, batch_size, need_rewards=True, need_logps=False)
-    return torch.stack([scores["chosen_rewards"], scores["rejected_rewards"]], dim=1)  # [N, 2]
+    reward.batch_size, reward.share_prompts = 2 * batch_size, sharing
+    rewards = reward.sequence_scores(*pair_sequences(dataset))["rewards"]
+    return torch.stack([rewards[: len(pairs)], rewards[len(pairs) :]], dim=1)  # [N, 2]
 
 
 def conversation(prompt, response) -> list[dict]:
@@ -107,14 +108,16 @@ def main(argv=None) -> None:
     opts = parse_args(argv)
     from transformers import AutoModelForSequenceClassification
 
-    from hafrm.checkpoint import load_trained
     from hafrm.data import load_data
+    from hafrm.scoring import RewardModel
 
     pairs, _ = load_data(opts.data or default_data(), skip_bad_rows=True)
     pairs = pairs[: opts.pairs]
     with tempfile.TemporaryDirectory() as directory:
         save_reward_model(opts.model, Path(directory))
-        ours, tokenizer, _ = load_trained(directory)
+        ours = RewardModel(directory, opts.max_length)
+        ours.load()  # while the directory exists
+        tokenizer = ours.tokenizer
         tokenizer.padding_side = "right"
         theirs = AutoModelForSequenceClassification.from_pretrained(directory, num_labels=1).eval()
     loops = {
@@ -166,14 +169,15 @@ def per_response_loop(model, tokenizer, items, max_length: int) -> torch.Tensor:
 
 
 def best_of_n(opts, n: int, pairs, ours, theirs, tokenizer) -> None:
-    from hafrm.evaluate import response_rewards
-
     items = bon_items(pairs, n, opts.bon_prompts)
+
+    def scored(sharing: bool) -> torch.Tensor:
+        ours.batch_size, ours.share_prompts = 2 * opts.batch_size, sharing
+        return torch.tensor(ours.score(items))
+
     loops = {
-        "hafrm": lambda: torch.tensor(response_rewards(ours, tokenizer, items, opts.max_length, 2 * opts.batch_size)),
-        "hafrm-unshared": lambda: torch.tensor(
-            response_rewards(ours, tokenizer, items, opts.max_length, 2 * opts.batch_size, share_prompts=False)
-        ),
+        "hafrm": lambda: scored(True),
+        "hafrm-unshared": lambda: scored(False),
         "per-response": lambda: per_response_loop(theirs, tokenizer, items, opts.max_length),
     }
     timings: dict[str, list[float]] = {name: [] for name in loops}

@@ -52,7 +52,7 @@ def parse_args(argv=None):
 
 
 class ClassifierLoop:
-    """The RewardHead interface over AutoModelForSequenceClassification, one text per forward pass."""
+    """`scoring.RewardModel`'s serving interface over AutoModelForSequenceClassification, one text per forward pass."""
 
     def __init__(self, head):
         import torch
@@ -60,17 +60,17 @@ class ClassifierLoop:
 
         self.torch, self.head = torch, head
         self.directory, self.run, self.max_length, self.device = head.directory, head.run, head.max_length, head.device
-        self.tokenizer, self.mean, self.std = head.tokenizer, head.mean, head.std
+        self.tokenizer = head.tokenizer
         self.model = AutoModelForSequenceClassification.from_pretrained(str(head.directory), num_labels=1).eval()
-        del head.model  # one model in memory, as in a real plain server
+        head.release()  # one model in memory, as in a real plain server
 
-    def text_ids(self, text):
-        return self.head.text_ids(text)
+    def encode_one(self, item, where):
+        return self.head.encode_one(item, where)
 
-    def response_ids(self, prompt, response, where):
-        return self.head.response_ids(prompt, response, where)
+    def normalized(self, values):
+        return self.head.normalized(values)
 
-    def rewards(self, sequences, pass_tokens=None):
+    def rewards_in_passes(self, sequences, prompt_lengths=None, pass_tokens=None):
         values = []
         with self.torch.no_grad():
             for ids in sequences:
@@ -83,12 +83,12 @@ def serve(opts) -> None:
     import uvicorn
 
     from hafrm.config import ServeConfig
-    from hafrm.rewards import RewardHead
+    from hafrm.scoring import RewardModel
     from hafrm.serve import create_app
 
     cfg = ServeConfig(model=opts.model, port=opts.port, max_length=opts.max_length)
     cfg.batching = opts.serve == "hafrm-batched"
-    head = RewardHead(opts.model, opts.max_length)
+    head = RewardModel(opts.model, opts.max_length)
     if opts.serve == "plain-loop":
         head = ClassifierLoop(head)
     uvicorn.run(create_app(head, cfg), host="127.0.0.1", port=opts.port, log_level="warning")
@@ -205,7 +205,9 @@ def main(argv=None) -> None:
     if opts.serve:
         serve(opts)
         return
-    if not opts.model or not Path(opts.model, "hafrm.json").is_file():
+    from hafrm.runrecord import has_run_record
+
+    if not opts.model or not has_run_record(opts.model):
         raise SystemExit("--model: a hafrm run directory with a reward head (hafrm train --method rm ...)")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     rows = measure(opts)

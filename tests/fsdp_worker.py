@@ -26,8 +26,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import hafrm.model as hafrm_model
 from hafrm.config import TrainConfig
 from hafrm.data.collator import PairCollator
-from hafrm.finetune import prepare_finetuning, transformer_blocks
-from hafrm.model import attach_score_head, hybrid_forward, trunk_of, unwrap
+from hafrm.finetune import prepare_finetuning
+from hafrm.model import attach_score_head, hybrid_forward, transformer_blocks, unwrap
 
 # Which FSDP units ran their pre-backward hook (unshard, and on the root the end-of-backward callback
 # that waits for the gradient reduce-scatters): torch internals, pinned with torch 2.13.0.
@@ -113,7 +113,7 @@ def run_case(case, directories: dict, rank: int, world: int) -> dict:
 
     sharded = build(directory, tokenizer.pad_token_id, cfg).train()
     causal_lm = unwrap(sharded)
-    for block in transformer_blocks(trunk_of(causal_lm), causal_lm.config.num_hidden_layers):
+    for block in transformer_blocks(causal_lm):
         fully_shard(block)
     fully_shard(sharded)
     share = len(rows) // world

@@ -8,7 +8,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hafrm.bon import _meta, read_samples, run_bon
@@ -18,7 +17,7 @@ from hafrm.config import BonConfig, ScoreConfig
 from hafrm.data.builtin import builtin_rows
 from hafrm.data.templates import encode_response
 from hafrm.evaluate import score
-from hafrm.rewards import RewardModel
+from hafrm.scoring import RewardModel
 
 PROMPTS = [row["prompt"] for row in builtin_rows("test")[:2]]
 # Prompt 0 asks for lower case and at least 15 words; prompt 1 for double quotes and the word "important".
@@ -31,19 +30,6 @@ RESPONSES = [
     ['"A bicycle is important."', "A bicycle is important.", "A bicycle is fun."],  # 1.0, 0.5, 0.0
 ]
 ORACLE = [[1.0, 0.0, 0.5], [1.0, 0.5, 0.0]]
-
-
-def train_tiny(model: str, data: Path, method: str, out: Path) -> Path:
-    argv = ["train", "--model", model, "--data", str(data), "--method", method, "--output-dir", str(out),
-            "--max-length", "96", "--batch-size", "4", "--lr", "5e-3", "--max-steps", "2", "--val-fraction", "0"]  # fmt: skip
-    assert main(argv) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def reward_runs(tiny_model, pairs_file, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bon-rewards")
-    return {method: train_tiny(tiny_model, pairs_file, method, root / method) for method in ("rm", "dpo")}
 
 
 def fixed_samples(directory: Path, cfg: BonConfig) -> None:
@@ -69,7 +55,9 @@ def independent_figures(judge: list[list[float]], scores: list[list[float]]) -> 
     return top1, top2, picks
 
 
-def test_report_on_a_fixed_samples_file_matches_figures_computed_by_hand(tmp_path, reward_runs, tiny_model):
+def test_report_on_a_fixed_samples_file_matches_figures_computed_by_hand(
+    tmp_path, reward_runs, tiny_model, response_logp
+):
     out = tmp_path / "bon"
     cfg = BonConfig(policy=tiny_model, limit=2, n=3, reward=[f"rm={reward_runs['rm']},dpo={reward_runs['dpo']}"],
                     output_dir=str(out), score_batch_size=4)  # fmt: skip
@@ -100,20 +88,11 @@ def test_report_on_a_fixed_samples_file_matches_figures_computed_by_hand(tmp_pat
     )
     dpo_grid = json.loads((out / "scores" / "dpo.json").read_text())["scores"]
     assert dpo_grid[0] == pytest.approx(
-        implicit_by_hand(reward_runs["dpo"], tiny_model, PROMPTS[0], RESPONSES[0]), abs=1e-4
+        implicit_by_hand(reward_runs["dpo"], tiny_model, PROMPTS[0], RESPONSES[0], response_logp), abs=1e-4
     )
 
 
-def response_logp(model, prompt_ids: list[int], response_ids: list[int]) -> float:
-    ids = torch.tensor([prompt_ids + response_ids])
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
-    targets = ids[0, 1:]
-    token_logps = logits.gather(1, targets[:, None])[:, 0]
-    return token_logps[len(prompt_ids) - 1 :].sum().item()
-
-
-def implicit_by_hand(run: Path, base: str, prompt: str, responses: list[str]) -> list[float]:
+def implicit_by_hand(run: Path, base: str, prompt: str, responses: list[str], response_logp) -> list[float]:
     policy = AutoModelForCausalLM.from_pretrained(run).eval()
     reference, _ = load_base_model(base, with_score_head=False)
     tokenizer = AutoTokenizer.from_pretrained(run)
@@ -253,11 +232,14 @@ def test_bad_input_is_one_line_naming_the_file_row_flag_or_url(tmp_path, reward_
 
 
 def test_dpo_runs_of_one_base_share_one_reference_pass(reward_runs, monkeypatch):
-    import hafrm.rewards
+    import hafrm.reference
 
     items = [(PROMPTS[1], response) for response in RESPONSES[1]]
     first = RewardModel(reward_runs["dpo"]).score(items)
-    monkeypatch.setattr(hafrm.rewards, "load_base_model", lambda *a, **k: pytest.fail("reference computed again"))
+    passes = []
+    write_cache = hafrm.reference.write_cache
+    monkeypatch.setattr(hafrm.reference, "write_cache", lambda *args: passes.append(1) or write_cache(*args))
     assert RewardModel(reward_runs["dpo"]).score(items) == first
-    with pytest.raises(pytest.fail.Exception, match="reference computed again"):
-        RewardModel(reward_runs["dpo"]).score(items[:2])  # other token ids: a pass of their own
+    assert passes == []  # the reference log-probs came from the one reference cache
+    RewardModel(reward_runs["dpo"]).score(items[:2])
+    assert passes == [1]  # other token ids: a pass of their own

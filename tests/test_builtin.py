@@ -208,8 +208,10 @@ def test_check_is_the_fraction_of_constraints_met():
 def test_check_grades_any_reply_to_a_builtin_prompt(rows_by_split):
     odd_replies = ["", " ", "{", '{"a": [1, 2', "```", "\n\n\n", "- ", '"', "😀 ünïcödé", "x" * 5000]
     for row in rows_by_split["validation"]:
+        constraints = len(parse_constraints(row["prompt"]))
         for reply in odd_replies:
-            assert 0.0 <= check(row["prompt"], reply) <= 1.0
+            met = check(row["prompt"], reply) * constraints  # a fraction of the prompt's constraints: k / n
+            assert met == pytest.approx(round(met)) and 0 <= round(met) <= constraints
 
 
 def test_check_refuses_a_prompt_without_builtin_constraints():
@@ -243,9 +245,9 @@ def test_any_size_keeps_each_splits_own_topics_and_order(rows_by_split):
 
 
 def test_builtin_at_n_through_the_loader_and_its_errors():
-    from hafrm.bon import read_prompts
     from hafrm.data import load_data
     from hafrm.data.load import DataError
+    from hafrm.sampling import read_prompts
 
     pairs, reports = load_data("builtin:test@300")
     assert len(pairs) == 300 and "test split, 300 pairs" in reports[0].summary()

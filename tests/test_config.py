@@ -20,8 +20,9 @@ from hafrm.config import (
     parse_config,
 )
 from hafrm.data.tokenize import TruncationReport
+from hafrm.fields import ConfigError, coerce
 from hafrm.preflight import looks_like_path
-from hafrm.validation import ConfigError, coerce, validate
+from hafrm.validation import validate
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 

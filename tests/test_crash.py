@@ -21,14 +21,13 @@ from hafrm.train import train
 
 WORKER = Path(__file__).parent / "crash_worker.py"
 STEPS = 8
-FLAGS = [
-    *("--method", "haf", "--max-length", "96", "--batch-size", "4", "--lr", "5e-3"),
-    *("--max-steps", str(STEPS), "--eval-steps", "2", "--logging-steps", "1", "--save-total-limit", "5"),
-]
+FLAGS = ("--method", "haf", "--max-steps", str(STEPS), "--eval-steps", "2", "--save-total-limit", "5")
 
 
-def argv(tiny_model, pairs_file, output_dir, *extra):
-    return ["train", "--model", tiny_model, "--data", str(pairs_file), "--output-dir", str(output_dir), *FLAGS, *extra]
+@pytest.fixture(scope="module")
+def argv(tiny_model, pairs_file, train_argv):
+    """argv(output_dir, *extra): the run every test here interrupts, a fast haf run checkpointed every 2 steps."""
+    return lambda output_dir, *extra: train_argv(tiny_model, pairs_file, output_dir, *FLAGS, *extra)
 
 
 def max_weight_difference(a: Path, b: Path) -> float:
@@ -38,9 +37,9 @@ def max_weight_difference(a: Path, b: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_model, pairs_file, tmp_path_factory) -> Path:
+def uninterrupted(argv, tmp_path_factory) -> Path:
     output_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    assert main(argv(tiny_model, pairs_file, output_dir)) == 0
+    assert main(argv(output_dir)) == 0
     return output_dir
 
 
@@ -63,42 +62,38 @@ def run_killed(point: str, at: int, args: list[str], env: dict | None = None) ->
     )
 
 
-def test_kill_at_a_random_step_then_resume_is_exact(tiny_model, pairs_file, uninterrupted, tmp_path, capsys):
+def test_kill_at_a_random_step_then_resume_is_exact(uninterrupted, tmp_path, capsys, argv):
     step = random.randrange(2, STEPS + 1)
     output_dir = tmp_path / "run"
-    run_killed("step", step, argv(tiny_model, pairs_file, output_dir))
-    assert main(argv(tiny_model, pairs_file, output_dir, "--resume")) == 0, f"killed at step {step}"
+    run_killed("step", step, argv(output_dir))
+    assert main(argv(output_dir, "--resume")) == 0, f"killed at step {step}"
     newest = 2 * ((step - 1) // 2)
     expected = f"resuming from {output_dir / f'checkpoint-{newest}'}" if newest else "training starts from step 0"
     assert expected in capsys.readouterr().out, f"killed at step {step}"
     assert_same_run(output_dir, uninterrupted)
 
 
-def test_kill_during_a_checkpoint_write_resumes_from_the_one_before(
-    tiny_model, pairs_file, uninterrupted, tmp_path, capsys
-):
+def test_kill_during_a_checkpoint_write_resumes_from_the_one_before(uninterrupted, tmp_path, capsys, argv):
     output_dir = tmp_path / "run"
-    run_killed("checkpoint", 6, argv(tiny_model, pairs_file, output_dir))
+    run_killed("checkpoint", 6, argv(output_dir))
     assert (output_dir / "checkpoint-6" / "model.safetensors").is_file()  # written, but not the optimizer
     assert checkpoint_problem(output_dir / "checkpoint-6").startswith("incomplete")
-    assert main(argv(tiny_model, pairs_file, output_dir, "--resume")) == 0
+    assert main(argv(output_dir, "--resume")) == 0
     out = capsys.readouterr().out
     assert "warning: skipped checkpoint-6: incomplete" in out
     assert f"resuming from {output_dir / 'checkpoint-4'} (the newest complete checkpoint)" in out
     assert_same_run(output_dir, uninterrupted)
 
 
-def test_kill_during_the_reference_pass_then_resume_is_exact(
-    tiny_model, pairs_file, uninterrupted, tmp_path, monkeypatch, capsys
-):
+def test_kill_during_the_reference_pass_then_resume_is_exact(uninterrupted, tmp_path, monkeypatch, capsys, argv):
     cache = tmp_path / "fresh-cache"  # a cache the uninterrupted run did not fill, so the pass really runs
     monkeypatch.setenv("HAFRM_CACHE", str(cache))
     output_dir = tmp_path / "run"
-    run_killed("reference", 2, argv(tiny_model, pairs_file, output_dir), env={"HAFRM_CACHE": str(cache)})
+    run_killed("reference", 2, argv(output_dir), env={"HAFRM_CACHE": str(cache)})
     assert not list(cache.glob("reference/*.pt"))  # killed before the cache was written
-    assert main(argv(tiny_model, pairs_file, output_dir)) == 1  # the started run is not silently replaced
+    assert main(argv(output_dir)) == 1  # the started run is not silently replaced
     assert "already holds a haf run (unfinished); pass --resume" in capsys.readouterr().err
-    assert main(argv(tiny_model, pairs_file, output_dir, "--resume")) == 0
+    assert main(argv(output_dir, "--resume")) == 0
     assert f"no complete checkpoint in {output_dir}: training starts from step 0" in capsys.readouterr().out
     assert_same_run(output_dir, uninterrupted)
 
@@ -125,7 +120,7 @@ class FillDisk(transformers.TrainerCallback):
 
 
 def test_a_full_disk_stops_with_a_clear_error_and_keeps_the_checkpoint_before(
-    tiny_model, pairs_file, uninterrupted, tmp_path, monkeypatch, capsys
+    tiny_model, pairs_file, uninterrupted, tmp_path, monkeypatch, capsys, argv
 ):
     disk = tmp_path / "disk"
     output_dir = disk / "out" / "run"
@@ -166,7 +161,7 @@ def test_a_full_disk_stops_with_a_clear_error_and_keeps_the_checkpoint_before(
         assert checkpoint_problem(output_dir / "checkpoint-2") is None
         (disk / "filler").unlink(missing_ok=True)
         monkeypatch.undo()
-        assert main(argv(tiny_model, pairs_file, output_dir, "--resume")) == 0
+        assert main(argv(output_dir, "--resume")) == 0
         assert f"resuming from {output_dir / 'checkpoint-2'}" in capsys.readouterr().out
         assert_same_run(output_dir, uninterrupted)
     finally:
@@ -175,11 +170,9 @@ def test_a_full_disk_stops_with_a_clear_error_and_keeps_the_checkpoint_before(
 
 
 @pytest.mark.parametrize("damage", ["bytes", "optimizer"])
-def test_a_corrupt_checkpoint_is_skipped_for_the_one_before(
-    damage, tiny_model, pairs_file, uninterrupted, tmp_path, capsys
-):
+def test_a_corrupt_checkpoint_is_skipped_for_the_one_before(damage, uninterrupted, tmp_path, capsys, argv):
     output_dir = tmp_path / "run"
-    run_killed("step", 7, argv(tiny_model, pairs_file, output_dir))
+    run_killed("step", 7, argv(output_dir))
     newest = output_dir / "checkpoint-6"
     if damage == "bytes":  # 4000 bytes of 0xFF inside the weights: the size is unchanged
         weights = bytearray((newest / "model.safetensors").read_bytes())
@@ -189,7 +182,7 @@ def test_a_corrupt_checkpoint_is_skipped_for_the_one_before(
     else:
         (newest / "optimizer.pt").unlink()
         problem = "optimizer.pt is missing"
-    assert main(argv(tiny_model, pairs_file, output_dir, "--resume")) == 0
+    assert main(argv(output_dir, "--resume")) == 0
     out = capsys.readouterr().out
     assert f"warning: skipped checkpoint-6: {problem}; moved to {output_dir / 'discarded' / 'checkpoint-6'}" in out
     assert f"resuming from {output_dir / 'checkpoint-4'}" in out

@@ -2,15 +2,12 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from hafrm.cli import main
 from hafrm.devices import on_cpu, scoring_device
-
-FAST = ["--max-length", "96", "--batch-size", "4", "--lr", "5e-3", "--logging-steps", "1", "--val-fraction", "0"]
 
 
 def test_the_device_comes_from_the_environment(monkeypatch):
@@ -25,24 +22,21 @@ def test_the_device_comes_from_the_environment(monkeypatch):
         scoring_device()
 
 
-def losses(directory: Path) -> list[float]:
-    checkpoint = max(directory.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
-    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
-    return [entry["loss"] for entry in history if "loss" in entry]
-
-
-def test_bf16_training_runs_every_layout_and_keeps_fp32_weights(tiny_model, pairs_file, tmp_path):
+def test_bf16_training_runs_every_layout_and_keeps_fp32_weights(tiny_model, pairs_file, tmp_path, train_run, logged):
     """Autocast bf16 over packed, shared-prompt rows (the 4-D mask is cast with the activations)."""
     from safetensors.torch import load_file
 
     runs = {}
     for name, flags in (("fp32", []), ("bf16", ["--bf16"])):
-        runs[name] = tmp_path / name
-        argv = ["train", "--model", tiny_model, "--data", str(pairs_file), "--output-dir", str(runs[name]), *FAST]
-        assert main([*argv, "--method", "haf", "--max-steps", "3", "--sampling", "sequential", *flags]) == 0
+        runs[name] = train_run(
+            tiny_model,
+            pairs_file,
+            tmp_path / name,
+            *("--val-fraction", "0", "--method", "haf", "--max-steps", "3", "--sampling", "sequential", *flags),
+        )
     hafrm_json = json.loads((runs["bf16"] / "hafrm.json").read_text())
     assert hafrm_json["bf16"] is True and hafrm_json["prompt_sharing"] is True and hafrm_json["packing"] is True
-    bf16, fp32 = losses(runs["bf16"]), losses(runs["fp32"])
+    bf16, fp32 = logged(runs["bf16"], "loss"), logged(runs["fp32"], "loss")
     assert len(bf16) == 3 and all(math.isfinite(value) for value in bf16)
     assert bf16 != fp32  # the step really ran in bf16 ...
     assert bf16 == pytest.approx(fp32, rel=0.1)  # ... and still computed the same loss, to bf16 rounding
@@ -50,18 +44,18 @@ def test_bf16_training_runs_every_layout_and_keeps_fp32_weights(tiny_model, pair
     assert {tensor.dtype for tensor in weights.values()} == {torch.float32}  # master weights stay fp32
 
 
-def test_bf16_scoring_gives_the_fp32_rewards_to_bf16_rounding(tiny_model, pairs_file, tmp_path, capsys):
-    from hafrm.evaluate import _reward_model, response_rewards
+def test_bf16_scoring_gives_the_fp32_rewards_to_bf16_rounding(tiny_model, pairs_file, tmp_path, capsys, train_run):
+    from hafrm.scoring import RewardModel
 
-    out = tmp_path / "run"
-    argv = ["train", "--model", tiny_model, "--data", str(pairs_file), "--output-dir", str(out), *FAST]
-    assert main([*argv, "--method", "rm", "--max-steps", "2"]) == 0
+    out = train_run(
+        tiny_model, pairs_file, tmp_path / "run", "--val-fraction", "0", "--method", "rm", "--max-steps", "2"
+    )
     items = [("Name a colour.", reply) for reply in ("Blue.", "Red, like a fire truck.", "I will not.")]
     rewards = {}
     for dtype in ("float32", "bfloat16"):
-        model, tokenizer, _ = _reward_model(str(out), dtype)
-        assert next(model.parameters()).dtype == getattr(torch, dtype)
-        rewards[dtype] = torch.tensor(response_rewards(model, tokenizer, items, 96))
+        reward = RewardModel(out, 96, dtype=getattr(torch, dtype))
+        assert next(reward.model.parameters()).dtype == getattr(torch, dtype)
+        rewards[dtype] = torch.tensor(reward.score(items))
     assert "prompt sharing off" not in capsys.readouterr().out  # the check holds in bf16 too (its own tolerance)
     assert rewards["bfloat16"].dtype == torch.float32
     torch.testing.assert_close(rewards["bfloat16"], rewards["float32"], rtol=0.05, atol=0.05)

@@ -9,7 +9,6 @@ reduced over processes.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,12 +21,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
 # 40 pairs, 20% held out -> 32 training pairs = 4 global batches of 8.
 COMMON = ["--max-length", "96", "--lr", "5e-3", "--logging-steps", "1", "--val-fraction", "0.2"]
 COMMON += ["--max-steps", "4", "--eval-steps", "2", "--eval-on-start", "false"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(command: list[str], cache: Path) -> None:
@@ -48,7 +41,7 @@ def log_history(directory: Path) -> list[dict]:
     ],
     ids=["haf-full", "dpo-lora-adapters"],
 )
-def test_two_processes_match_one(flags, tiny_model, tmp_path):
+def test_two_processes_match_one(flags, tiny_model, tmp_path, free_port):
     data = write_pairs(tmp_path / "pairs.jsonl", 40)
     args = ["train", "--model", tiny_model, "--data", str(data), *COMMON, *flags]
     hafrm = [sys.executable, "-m", "hafrm.cli"]

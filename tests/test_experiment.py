@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hafrm import experiment
+from hafrm import experiment, experiment_runs
 from hafrm.cli import main
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "experiments").glob("*.yaml"))
@@ -66,13 +66,13 @@ def test_comparison_writes_tables_and_plots_and_resumes(tmp_path, tiny_model, pa
 def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, tiny_model, pairs_file, monkeypatch):
     path = small_spec(tmp_path, tiny_model, pairs_file, runs={"rm": {"method": "rm"}})
     spec = experiment.load_spec(path)
-    directory = experiment.run_dir(spec, "rm", 0)
+    directory = experiment_runs.run_dir(spec, "rm", 0)
     (directory / "checkpoint-1").mkdir(parents=True)
     seen = []
     import hafrm.train
 
     monkeypatch.setattr(hafrm.train, "train", lambda cfg: seen.append(cfg.resume))
-    experiment._train_once(spec, "rm", 0)
+    experiment_runs.train_once(spec, "rm", 0)
     assert seen == ["last"]
 
 
@@ -244,7 +244,7 @@ def test_spec_shape_errors_are_one_line(tmp_path, tiny_model, pairs_file, capsys
 def test_run_values_are_read_as_flags_read_text(tmp_path, tiny_model, pairs_file):
     path = small_spec(tmp_path, tiny_model, pairs_file, runs={"rm": {"method": "rm", "lr": "1e-4"}})
     spec = experiment.load_spec(path)
-    assert experiment.train_config(spec, "rm", 0).lr == 1e-4  # YAML reads 1e-4 as text
+    assert experiment_runs.train_config(spec, "rm", 0).lr == 1e-4  # YAML reads 1e-4 as text
 
 
 def test_a_baseline_adds_intervals_paired_differences_calibration_kinds_and_the_alpha_curve(

@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 from conftest import build_tiny_model
-from test_distributed import free_port
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 
 
 @pytest.fixture(scope="module")
-def results(tiny_model, tokenizer_dir, tmp_path_factory) -> dict[str, dict]:
+def results(tiny_model, tokenizer_dir, tmp_path_factory, free_port) -> dict[str, dict]:
     untied = build_tiny_model(tokenizer_dir, tmp_path_factory.mktemp("fsdp-untied"), tied=False)
     output = tmp_path_factory.mktemp("fsdp") / "results.json"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]

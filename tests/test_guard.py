@@ -12,43 +12,39 @@ from hafrm.cli import main
 from hafrm.guard import STALL_STEPS, NumericalGuard, TrainingStopped
 from hafrm.rundir import RunDirectory, checkpoint_problem
 
-FAST = ["--max-length", "96", "--batch-size", "4", "--logging-steps", "1", "--eval-steps", "2"]
-
-
-def train_argv(tiny_model, data, output_dir, *flags):
-    return ["train", "--model", tiny_model, "--data", str(data), "--output-dir", str(output_dir), *FAST, *flags]
-
 
 def all_finite(directory: Path) -> bool:
     return all(torch.isfinite(tensor).all() for tensor in load_file(directory / "model.safetensors").values())
 
 
-def stopped_run(capsys, tiny_model, data, output_dir, *flags) -> str:
-    assert main(train_argv(tiny_model, data, output_dir, *flags)) == 1
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    error = err[err.index("hafrm train: error: ") :].strip()
-    assert "\n" not in error, error  # one line
-    assert not (output_dir / "hafrm.json").exists()  # a stopped run is never marked finished
-    for checkpoint in RunDirectory(output_dir).checkpoints():
-        assert checkpoint_problem(checkpoint) is None and all_finite(checkpoint)
-    return error
+@pytest.fixture
+def stopped_run(capsys, tiny_model, train_argv):
+    """stopped_run(data, output_dir, *flags) -> the one-line error of a training run that must stop cleanly."""
 
+    def run(data, output_dir, *flags) -> str:
+        # every test gives its own --lr, which replaces the fast runs' 5e-3
+        assert main(train_argv(tiny_model, data, output_dir, "--eval-steps", "2", *flags)) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        error = err[err.index("hafrm train: error: ") :].strip()
+        assert "\n" not in error, error  # one line
+        assert not (output_dir / "hafrm.json").exists()  # a stopped run is never marked finished
+        for checkpoint in RunDirectory(output_dir).checkpoints():
+            assert checkpoint_problem(checkpoint) is None and all_finite(checkpoint)
+        return error
 
-def best_checkpoint(output_dir: Path) -> dict:
-    newest = RunDirectory(output_dir).checkpoints()[-1]
-    return json.loads((newest / "trainer_state.json").read_text())
+    return run
 
 
 @pytest.mark.parametrize("lr", ["1e10", "10"])
-def test_a_huge_learning_rate_stops_with_the_step_and_the_cause(lr, tiny_model, pairs_file, tmp_path, capsys):
+def test_a_huge_learning_rate_stops_with_the_step_and_the_cause(lr, pairs_file, tmp_path, stopped_run, trainer_state):
     output_dir = tmp_path / "run"
-    error = stopped_run(capsys, tiny_model, pairs_file, output_dir, "--method", "rm", "--lr", lr, "--max-steps", "30")
+    error = stopped_run(pairs_file, output_dir, "--method", "rm", "--lr", lr, "--max-steps", "30")
     assert error.startswith("hafrm train: error: training stopped at step ")
     cause = f"likely cause: the learning rate {float(lr):g} (--lr) is far above the usual 1e-6-1e-3, so the weights diverged"
     assert cause in error
     if lr == "10":  # it diverges after the first checkpoints: the best of them is kept, finite
-        state = best_checkpoint(output_dir)
+        state = trainer_state(output_dir)
         assert math.isfinite(state["best_metric"]) and all_finite(Path(state["best_model_checkpoint"]))
         assert error.endswith(
             f"Nothing from this step on was saved; the best checkpoint is {state['best_model_checkpoint']} "
@@ -58,15 +54,15 @@ def test_a_huge_learning_rate_stops_with_the_step_and_the_cause(lr, tiny_model, 
         assert error.endswith("No checkpoint had been saved yet")
 
 
-def test_a_huge_beta_stops_at_the_first_step_before_any_update(tiny_model, pairs_file, tmp_path, capsys):
+def test_a_huge_beta_stops_at_the_first_step_before_any_update(pairs_file, tmp_path, stopped_run):
     output_dir = tmp_path / "run"
-    error = stopped_run(capsys, tiny_model, pairs_file, output_dir, "--method", "dpo", "--beta", "1e30", "--lr", "5e-3")
+    error = stopped_run(pairs_file, output_dir, "--method", "dpo", "--beta", "1e30", "--lr", "5e-3")
     assert error.startswith("hafrm train: error: training stopped at step 1: ")
     assert "likely cause: β = 1e+30 (--beta) is far above the usual 0.01-1, so β·log π/π_ref overflows" in error
     assert error.endswith("No checkpoint had been saved yet")
 
 
-def test_a_margin_beyond_float32_stops_naming_its_row(tiny_model, pairs_file, tmp_path, capsys):
+def test_a_margin_beyond_float32_stops_naming_its_row(pairs_file, tmp_path, stopped_run, trainer_state):
     rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
     for index, row in enumerate(rows):
         row["margin"] = 1e39 if index == 30 else 0.5
@@ -74,10 +70,10 @@ def test_a_margin_beyond_float32_stops_naming_its_row(tiny_model, pairs_file, tm
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     output_dir = tmp_path / "run"
     flags = ("--method", "rm", "--lr", "5e-3", "--max-steps", "12", "--sampling", "sequential", "--val-fraction", "0.1")
-    error = stopped_run(capsys, tiny_model, data, output_dir, *flags)
+    error = stopped_run(data, output_dir, *flags)
     assert "the loss is inf" in error
     assert "likely cause: a margin value: margins.jsonl: row 30 has margin 1e+39, beyond float32 (±3.4e+38)" in error
-    state = best_checkpoint(output_dir)
+    state = trainer_state(output_dir)
     assert state["best_model_checkpoint"] and math.isfinite(state["best_metric"])
     assert f"the best checkpoint is {state['best_model_checkpoint']}" in error
 

@@ -134,6 +134,6 @@ def test_mixture_weights_and_even_mixing(tmp_path):
 def test_builtin_is_a_source_with_three_splits():
     train, (report,) = load_data("builtin")
     test, _ = load_data("builtin:test")
-    assert report.source == "builtin" and len(train) > len(test) > 0
+    assert report.source == "builtin" and (len(train), len(test)) == (1000, 200)  # the default sizes of the splits
     assert {p.prompt for p in train}.isdisjoint({p.prompt for p in test})
     assert all(p.subset for p in test)

@@ -168,7 +168,7 @@ def test_packed_rows_give_the_padded_results_and_gradients(tiny_model, dataset):
 def test_packing_error_catches_attention_that_ignores_sequence_boundaries(tiny_model, dataset, monkeypatch):
     import transformers.masking_utils
 
-    from hafrm.model import packing_error
+    from hafrm.layout import packing_error
     from hafrm.train import PACKING_TOLERANCE
 
     model, _ = load_base_model(tiny_model, with_score_head=True)
@@ -261,7 +261,7 @@ def test_shared_prompts_give_the_padded_results_and_gradients(tiny_model, datase
 
 def test_a_rejected_reply_that_could_see_the_chosen_one_changes_its_results(tiny_model, dataset, monkeypatch):
     """The mask matters: with the chosen reply visible to the rejected one, the rejected results move."""
-    from hafrm import model as model_module
+    from hafrm import masks as masks_module
 
     rows = [dict(dataset[i]) for i in range(2)]
     _, honest, _ = _outputs_and_gradients(tiny_model, rows, prompt_sharing=True)
@@ -272,14 +272,14 @@ def test_a_rejected_reply_that_could_see_the_chosen_one_changes_its_results(tiny
         mask = torch.zeros(length, length, dtype=dtype).masked_fill(~causal, torch.finfo(dtype).min)
         return mask.expand(groups.shape[0], 1, length, length)
 
-    monkeypatch.setattr(model_module, "shared_attention_mask", causal_only)
+    monkeypatch.setattr(masks_module, "shared_attention_mask", causal_only)
     _, leaky, _ = _outputs_and_gradients(tiny_model, rows, prompt_sharing=True)
     torch.testing.assert_close(leaky.chosen_rewards, honest.chosen_rewards, rtol=1e-4, atol=1e-5)
     assert (leaky.rejected_rewards - honest.rejected_rewards).abs().max() > 1e-3
 
 
 def test_shared_attention_mask_lets_each_reply_see_the_prompt_and_itself():
-    from hafrm.model import shared_attention_mask
+    from hafrm.masks import shared_attention_mask
 
     # one unit: prompt (2 tokens), reply A (2), reply B (1); then one pad
     groups = torch.tensor([[0, 0, 0, 0, 0, -1]])

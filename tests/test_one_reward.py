@@ -170,28 +170,38 @@ def test_an_openrlhf_style_read_of_decoded_rollouts_gets_hafrms_reward(trained):
     assert score(ScoreConfig(model=str(out), text=queries)) == pytest.approx(ours, abs=TOLERANCE)
 
 
-def test_a_lora_run_loads_its_trained_head_through_peft_and_through_its_export(tokenizer_dir, tmp_path):
-    """Llama 3 layout (its pad is a reserved token, so the base model's embeddings hold it)."""
-    tokenizer_path = build_family_tokenizer(tokenizer_dir, "llama3", tmp_path / "tokenizer")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_lora_run_loads_by_its_own_loading_md_and_through_its_export(family, tokenizer_dir, tmp_path):
+    """Every family: the code LOADING.md gives for this run (an added pad or one the base holds) reads hafrm's reward."""
+    tokenizer_path = build_family_tokenizer(tokenizer_dir, family, tmp_path / "tokenizer")
     model_dir = build_tiny_model(tokenizer_path, tmp_path / "model")
-    data = write_training_pairs(tmp_path / "pairs.jsonl", "llama3")
+    data = write_training_pairs(tmp_path / "pairs.jsonl", family)
     out = tmp_path / "run"
     argv = ["train", "--model", str(model_dir), "--data", str(data), "--output-dir", str(out), "--finetune", "lora"]
     argv += ["--max-length", "96", "--batch-size", "4", "--lr", "5e-3", "--max-steps", "2", "--val-fraction", "0"]
     assert main(argv) == 0
-    assert "hafrm export --model" in (out / "LOADING.md").read_text()
-    ours = hafrm_rewards(out, "llama3")
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    batch = tokenizer(rendered_texts(tokenizer, "llama3"), add_special_tokens=False, padding=True, return_tensors="pt")
-    # transformers' peft integration: base model, then the adapter with the trained `score` (modules_to_save)
-    through_peft = AutoModelForSequenceClassification.from_pretrained(
-        out, num_labels=1, pad_token_id=tokenizer.pad_token_id
-    ).eval()
+    note = (out / "LOADING.md").read_text()
+    code = note.split("```python\n")[1].split("```")[0]
+    added = family in ("chatml", "mistral", "base")  # the families whose tokenizer has no pad of its own to take
+    assert ("resize_token_embeddings" in code) == added
+    ours = hafrm_rewards(out, family)
+    loaded = []
+    for prompt, response in items_for(family):
+        namespace = {"prompt": prompt, "response": response, "messages": conversation(prompt, response)}
+        exec(code, namespace)  # the note's code, as a user pastes it
+        loaded.append(float(namespace["reward"]))
+    assert loaded == pytest.approx(ours, abs=TOLERANCE)
     assert main(["export", "--model", str(out), "--output-dir", str(tmp_path / "merged")]) == 0
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    batch = tokenizer(rendered_texts(tokenizer, family), add_special_tokens=False, padding=True, return_tensors="pt")
     with torch.no_grad():
-        for classifier in (through_peft, merged):
-            assert classifier(**batch).logits[:, 0].tolist() == pytest.approx(ours, abs=TOLERANCE)
+        assert merged(**batch).logits[:, 0].tolist() == pytest.approx(ours, abs=TOLERANCE)
     # the wrong way, without num_labels: the base config's two labels do not fit the trained head, and it says so
-    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
-        AutoModelForSequenceClassification.from_pretrained(out)
+    if not added:
+        with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+            AutoModelForSequenceClassification.from_pretrained(out)
+
+
+def conversation(prompt, response) -> list[dict]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]

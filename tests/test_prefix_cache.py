@@ -11,10 +11,9 @@ from hafrm.cli import main
 from hafrm.config import TrainConfig
 from hafrm.data import PairCollator, read_pairs, tokenize_pairs
 from hafrm.finetune import prepare_finetuning
-from hafrm.model import hybrid_forward
-from hafrm.prefix_cache import FrozenPrefixCache, transformer_blocks
+from hafrm.model import hybrid_forward, transformer_blocks
+from hafrm.prefix_cache import FrozenPrefixCache
 
-FAST = ["--max-length", "96", "--batch-size", "4", "--lr", "5e-3", "--logging-steps", "1", "--val-fraction", "0.25"]
 LAYOUTS = {"padded": {}, "packed": {"packing": True}, "shared": {"prompt_sharing": True, "packing": True}}
 
 
@@ -68,48 +67,42 @@ def test_cached_states_give_the_whole_forwards_results_and_gradients(
     assert not (tmp_path / "frozen-prefix.f32").exists()
 
 
-def train(tiny_model, pairs_file, output_dir, *flags) -> Path:
-    argv = ["train", "--model", tiny_model, "--data", str(pairs_file), "--output-dir", str(output_dir), *FAST, *flags]
-    assert main(argv) == 0
-    return Path(output_dir)
+# a quarter held out for validation: the cache serves the evaluation rows too
+VALIDATE = ("--val-fraction", "0.25")
+HISTORY = ("loss", "grad_norm", "eval_loss")
 
 
-def history(directory: Path) -> list[float]:
-    last = max(directory.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
-    entries = json.loads((last / "trainer_state.json").read_text())["log_history"]
-    return [entry[key] for entry in entries for key in ("loss", "grad_norm", "eval_loss") if key in entry]
-
-
-def test_freeze_training_with_the_cache_follows_the_uncached_run(tiny_model, pairs_file, tmp_path, capsys):
-    flags = ("--finetune", "freeze", "--trainable-layers", "1", "--epochs", "3", "--eval-steps", "4")
+def test_freeze_training_with_the_cache_follows_the_uncached_run(
+    tiny_model, pairs_file, tmp_path, capsys, train_run, logged
+):
+    flags = (*VALIDATE, "--finetune", "freeze", "--trainable-layers", "1", "--epochs", "3", "--eval-steps", "4")
     runs = [
-        train(tiny_model, pairs_file, tmp_path / name, *flags, *extra)
+        train_run(tiny_model, pairs_file, tmp_path / name, *flags, *extra)
         for name, extra in (("whole", ["--no-prefix-cache"]), ("cached", []))
     ]
     printed = capsys.readouterr().out
     assert printed.count("frozen-prefix cache: blocks 1-1 run once over 96 sequences") == 1  # 36 + 12 pairs
     assert printed.count("epoch 3:") == 2
     # 3 epochs of 9 steps: each step's loss and norm; 8 validations (the start, every 4 steps, the last step)
-    assert len(history(runs[0])) == 27 * 2 + 8
-    assert history(runs[1]) == pytest.approx(history(runs[0]), rel=1e-4)
+    assert len(logged(runs[0], *HISTORY)) == 27 * 2 + 8
+    assert logged(runs[1], *HISTORY) == pytest.approx(logged(runs[0], *HISTORY), rel=1e-4)
     assert json.loads((runs[1] / "hafrm.json").read_text())["prefix_cache"] is True
     assert not (runs[1] / "frozen-prefix.f32").exists()
 
 
-def test_the_cache_stays_off_where_it_would_not_hold(tiny_model, pairs_file, tmp_path, monkeypatch, capsys):
+def test_the_cache_stays_off_where_it_would_not_hold(tiny_model, pairs_file, tmp_path, monkeypatch, capsys, train_run):
     import hafrm.prefix_cache
 
-    base = ("--finetune", "freeze", "--trainable-layers", "1", "--max-steps", "1", "--method", "rm")
-    out = train(tiny_model, pairs_file, tmp_path / "dropout", *base, "--keep-dropout")
+    base = (*VALIDATE, "--finetune", "freeze", "--trainable-layers", "1", "--max-steps", "1", "--method", "rm")
+    out = train_run(tiny_model, pairs_file, tmp_path / "dropout", *base, "--keep-dropout")
     assert "note: frozen-prefix cache off: --keep-dropout makes" in capsys.readouterr().out
     assert json.loads((out / "hafrm.json").read_text())["prefix_cache"] is False
-    train(
-        tiny_model, pairs_file, tmp_path / "all", "--finetune", "freeze", "--trainable-layers", "2", "--max-steps", "1"
-    )
+    every_block = (*VALIDATE, "--finetune", "freeze", "--trainable-layers", "2", "--max-steps", "1")
+    train_run(tiny_model, pairs_file, tmp_path / "all", *every_block)
     assert "note: frozen-prefix cache off: every block trains" in capsys.readouterr().out
     # an architecture whose input is rescaled before the first block (Gemma scales its embeddings)
-    monkeypatch.setattr(hafrm.prefix_cache.SkippedBlock, "forward", lambda self, hidden, *a, **k: 2 * hidden)
-    train(tiny_model, pairs_file, tmp_path / "scaled", *base)
+    monkeypatch.setattr(hafrm.model.SkippedBlock, "forward", lambda self, hidden, *a, **k: 2 * hidden)
+    train_run(tiny_model, pairs_file, tmp_path / "scaled", *base)
     assert "note: frozen-prefix cache off: LlamaForCausalLM run from the cached states gives other results" in (
         capsys.readouterr().out
     )
@@ -129,11 +122,11 @@ def _eval(run: Path, pairs_file, name: str, *flags) -> dict:
 
 
 def test_evaluation_reads_the_frozen_blocks_output_stored_by_the_first_run_of_that_base(
-    tiny_model, pairs_file, tmp_path, capsys, monkeypatch
+    tiny_model, pairs_file, tmp_path, capsys, monkeypatch, train_run
 ):
-    flags = ("--finetune", "freeze", "--trainable-layers", "1", "--max-steps", "3", "--eval-steps", "3")
-    haf = train(tiny_model, pairs_file, tmp_path / "haf", *flags)
-    rm = train(tiny_model, pairs_file, tmp_path / "rm", *flags, "--method", "rm", "--seed", "7")
+    flags = (*VALIDATE, "--finetune", "freeze", "--trainable-layers", "1", "--max-steps", "3", "--eval-steps", "3")
+    haf = train_run(tiny_model, pairs_file, tmp_path / "haf", *flags)
+    rm = train_run(tiny_model, pairs_file, tmp_path / "rm", *flags, "--method", "rm", "--seed", "7")
     before = _stored_files()
     whole = {run: _eval(run, pairs_file, "whole", "--no-prefix-cache", "--no-combine") for run in (haf, rm)}
     assert _stored_files() == before  # off: nothing stored
@@ -160,14 +153,14 @@ def test_evaluation_reads_the_frozen_blocks_output_stored_by_the_first_run_of_th
 
 
 def test_evaluation_turns_stored_states_off_where_the_model_does_not_match_them(
-    tiny_model, pairs_file, tmp_path, monkeypatch, capsys
+    tiny_model, pairs_file, tmp_path, monkeypatch, capsys, train_run
 ):
     import hafrm.prefix_cache
 
-    run = train(tiny_model, pairs_file, tmp_path / "rm", "--finetune", "freeze", "--trainable-layers", "1",
-                "--max-steps", "1", "--method", "rm")  # fmt: skip
+    run = train_run(tiny_model, pairs_file, tmp_path / "rm", *VALIDATE, "--finetune", "freeze", "--trainable-layers",
+                    "1", "--max-steps", "1", "--method", "rm")  # fmt: skip
     whole = _eval(run, pairs_file, "whole", "--no-prefix-cache")
-    monkeypatch.setattr(hafrm.prefix_cache.SkippedBlock, "forward", lambda self, hidden, *a, **k: 2 * hidden)
+    monkeypatch.setattr(hafrm.model.SkippedBlock, "forward", lambda self, hidden, *a, **k: 2 * hidden)
     capsys.readouterr()
     off = _eval(run, pairs_file, "off")
     assert "note: frozen-prefix states off: LlamaForCausalLM run from the stored states gives other results" in (
@@ -176,16 +169,18 @@ def test_evaluation_turns_stored_states_off_where_the_model_does_not_match_them(
     assert off["scores"] == whole["scores"]
 
 
-def test_shared_cache_is_computed_by_the_first_run_and_read_by_the_next(tiny_model, pairs_file, tmp_path, capsys):
-    flags = ("--finetune", "freeze", "--trainable-layers", "1", "--epochs", "2", "--eval-steps", "4")
-    alone = train(tiny_model, pairs_file, tmp_path / "alone", *flags)
+def test_shared_cache_is_computed_by_the_first_run_and_read_by_the_next(
+    tiny_model, pairs_file, tmp_path, capsys, train_run, logged
+):
+    flags = (*VALIDATE, "--finetune", "freeze", "--trainable-layers", "1", "--epochs", "2", "--eval-steps", "4")
+    alone = train_run(tiny_model, pairs_file, tmp_path / "alone", *flags)
     capsys.readouterr()
     before = _stored_files()
-    first = train(tiny_model, pairs_file, tmp_path / "first", *flags, "--share-prefix-cache")
+    first = train_run(tiny_model, pairs_file, tmp_path / "first", *flags, "--share-prefix-cache")
     assert "frozen-prefix states: blocks 1-1 run over 96 sequences" in capsys.readouterr().out
     (stored,) = _stored_files() - before
-    second = train(tiny_model, pairs_file, tmp_path / "second", *flags, "--share-prefix-cache")
+    second = train_run(tiny_model, pairs_file, tmp_path / "second", *flags, "--share-prefix-cache")
     assert f"frozen-prefix cache: read from {stored} (96 sequences" in capsys.readouterr().out
-    assert history(first) == pytest.approx(history(alone), rel=1e-4)
-    assert history(second) == pytest.approx(history(alone), rel=1e-4)
+    assert logged(first, *HISTORY) == pytest.approx(logged(alone, *HISTORY), rel=1e-4)
+    assert logged(second, *HISTORY) == pytest.approx(logged(alone, *HISTORY), rel=1e-4)
     assert stored.is_file()  # closing a run leaves the shared file for the next

@@ -5,41 +5,13 @@ test_model.py; the row layout itself in test_data.py.
 """
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from hafrm.checkpoint import load_base_model
-from hafrm.cli import main
 from hafrm.data import PairCollator, read_pairs, tokenize_pairs
-from hafrm.model import score_sequences
-
-FAST = ["--max-length", "96", "--batch-size", "4", "--lr", "5e-3", "--logging-steps", "1", "--val-fraction", "0"]
-
-
-def train(tiny_model, pairs_file, output_dir, *flags) -> Path:
-    argv = ["train", "--model", tiny_model, "--data", str(pairs_file), "--output-dir", str(output_dir), *FAST, *flags]
-    assert main(argv) == 0
-    return Path(output_dir)
-
-
-def loss_curve(directory: Path) -> list[float]:
-    checkpoints = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    history = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["log_history"]
-    return [value for entry in history if "loss" in entry for value in (entry["loss"], entry["grad_norm"])]
-
-
-def _record_batches(monkeypatch) -> list[dict]:
-    batches, collate = [], PairCollator.__call__
-
-    def recording(self, rows):
-        batch = collate(self, rows)
-        batches.append(batch)
-        return batch
-
-    monkeypatch.setattr(PairCollator, "__call__", recording)
-    return batches
+from hafrm.inference import score_sequences
 
 
 @pytest.mark.parametrize(
@@ -57,23 +29,23 @@ def _record_batches(monkeypatch) -> list[dict]:
     ],
 )
 def test_training_with_shared_prompts_follows_the_unshared_run_on_fewer_tokens(
-    method, policy_loss, tiny_model, pairs_file, tmp_path, monkeypatch
+    method, policy_loss, tiny_model, pairs_file, tmp_path, monkeypatch, train_run, logged, collated_batches
 ):
     monkeypatch.setenv("HAFRM_CACHE", str(tmp_path / "cache"))
-    batches = _record_batches(monkeypatch)
     curves, tokens = [], []
     for flags in (["--no-prompt-sharing"], []):
-        batches.clear()
-        out = train(
+        collated_batches.clear()
+        out = train_run(
             tiny_model,
             pairs_file,
             tmp_path / f"run{len(flags)}",
-            *("--method", method, "--policy-loss", policy_loss, "--max-steps", "3", "--sampling", "sequential", *flags),
+            *("--val-fraction", "0", "--method", method, "--policy-loss", policy_loss, "--max-steps", "3"),
+            *("--sampling", "sequential", *flags),
         )
-        curves.append(loss_curve(out))
-        tokens.append(sum(int((batch["sequence_ids"] >= 0).sum()) for batch in batches))
+        curves.append(logged(out, "loss", "grad_norm"))
+        tokens.append(sum(int((batch["sequence_ids"] >= 0).sum()) for batch in collated_batches))
         assert json.loads((out / "hafrm.json").read_text())["prompt_sharing"] is not bool(flags)
-        assert all(("segment_ids" in batch) is not bool(flags) for batch in batches)
+        assert all(("segment_ids" in batch) is not bool(flags) for batch in collated_batches)
     assert len(curves[0]) == 6
     assert curves[1] == pytest.approx(curves[0], rel=1e-4)
     assert tokens[1] < 0.8 * tokens[0], tokens  # the prompts ran once: far fewer real tokens
@@ -129,9 +101,9 @@ def test_scoring_runs_each_prompt_once_and_gives_the_padded_rewards(tiny_model, 
 
 
 def test_sharing_turns_itself_off_for_attention_that_ignores_the_mask(
-    tiny_model, pairs_file, tmp_path, monkeypatch, capsys
+    tiny_model, pairs_file, tmp_path, monkeypatch, capsys, train_run, collated_batches
 ):
-    from hafrm import model as model_module
+    from hafrm import masks as masks_module
 
     def causal_only(groups, segments, dtype):  # an attention that reads the whole row causally
         length = groups.shape[1]
@@ -140,12 +112,13 @@ def test_sharing_turns_itself_off_for_attention_that_ignores_the_mask(
         )
         return mask.expand(groups.shape[0], 1, length, length)
 
-    monkeypatch.setattr(model_module, "shared_attention_mask", causal_only)
-    batches = _record_batches(monkeypatch)
-    out = train(tiny_model, pairs_file, tmp_path / "run", "--method", "haf", "--max-steps", "1")
+    monkeypatch.setattr(masks_module, "shared_attention_mask", causal_only)
+    out = train_run(
+        tiny_model, pairs_file, tmp_path / "run", "--val-fraction", "0", "--method", "haf", "--max-steps", "1"
+    )
     printed = capsys.readouterr().out
     assert "note: prompt sharing off: LlamaForCausalLM scores a pair with its prompt shared differently" in printed
-    assert batches and all("segment_ids" not in batch for batch in batches)
+    assert collated_batches and all("segment_ids" not in batch for batch in collated_batches)
     assert json.loads((out / "hafrm.json").read_text())["prompt_sharing"] is False
     # scoring checks once per model and falls back the same way
     model, tokenizer = load_base_model(tiny_model, with_score_head=True)
@@ -157,7 +130,7 @@ def test_sharing_turns_itself_off_for_attention_that_ignores_the_mask(
 
 
 def test_sharing_turns_itself_off_for_a_model_that_cannot_take_the_mask(
-    tiny_model, pairs_file, tmp_path, monkeypatch, capsys
+    tiny_model, pairs_file, tmp_path, monkeypatch, capsys, train_run, collated_batches
 ):
     import hafrm.train
 
@@ -165,14 +138,13 @@ def test_sharing_turns_itself_off_for_a_model_that_cannot_take_the_mask(
         raise RuntimeError("flash attention takes no 4-D mask")
 
     monkeypatch.setattr(hafrm.train, "sharing_error", fails)
-    batches = _record_batches(monkeypatch)
-    train(tiny_model, pairs_file, tmp_path / "run", "--method", "rm", "--max-steps", "1")
+    train_run(tiny_model, pairs_file, tmp_path / "run", "--val-fraction", "0", "--method", "rm", "--max-steps", "1")
     printed = capsys.readouterr().out
     assert (
         "note: prompt sharing off: LlamaForCausalLM failed on shared-prompt rows (RuntimeError: flash attention takes"
         in printed
     )
-    assert batches and all("segment_ids" not in batch for batch in batches)
+    assert collated_batches and all("segment_ids" not in batch for batch in collated_batches)
 
 
 def test_flex_attention_takes_the_shared_rows_as_a_block_mask(tiny_model, pairs_file):

@@ -7,6 +7,7 @@ from hafrm import reference
 from hafrm.checkpoint import load_base_model
 from hafrm.config import TrainConfig
 from hafrm.data import PairCollator, read_pairs, tokenize_pairs
+from hafrm.data.tokenize import pair_sequences
 from hafrm.finetune import prepare_finetuning
 from hafrm.model import hybrid_forward
 from hafrm.objective import Objective
@@ -64,17 +65,17 @@ def _damage(path, how: str) -> str:
         path.write_bytes(path.read_bytes()[:300])
         return "it cannot be read (RuntimeError: "
     if how == "nan":  # well formed, with its checksum: only the values are wrong
-        cached["chosen"] = torch.full_like(cached["chosen"], float("nan"))
-        cached["sha256"] = reference._tensor_digest(cached["chosen"], cached["rejected"])
+        cached["logps"] = torch.full_like(cached["logps"], float("nan"))
+        cached["sha256"] = reference._tensor_digest(cached["logps"])
         torch.save(cached, path)
         return "it holds non-finite log-probs"
     if how == "bit-flip":
-        cached["chosen"][0] += 1.0
+        cached["logps"][0] += 1.0
         torch.save(cached, path)
         return "its checksum does not match"
-    cached["chosen"] = cached["chosen"][:3]  # "short"
+    cached["logps"] = cached["logps"][:3]  # "short"
     torch.save(cached, path)
-    return "it holds (3,) log-probs for 5 pairs"
+    return "it holds (3,) log-probs for 10 sequences"
 
 
 @pytest.mark.parametrize("how", ["truncated", "nan", "bit-flip", "short"])
@@ -89,7 +90,9 @@ def test_a_damaged_cache_is_recomputed_with_a_note(how, setup, tmp_path, capsys)
     assert note.startswith(f"note: reference cache {path} is unusable ({reason}")
     assert note.rstrip().endswith("; recomputing it") and note.count("\n") == 1
     assert second["ref_chosen_logps"] == first["ref_chosen_logps"]
-    assert reference.read_cache(path, len(dataset), reference.reference_key(model, dataset)) is not None  # rewritten
+    key = reference.reference_key(model, *pair_sequences(dataset))
+    rewritten = reference.read_cache(path, 2 * len(dataset), key)  # chosen then rejected, as pair_sequences
+    assert rewritten.tolist() == list(first["ref_chosen_logps"]) + list(first["ref_rejected_logps"])
 
 
 def test_a_failed_cache_write_keeps_the_values(setup, tmp_path, monkeypatch, capsys):

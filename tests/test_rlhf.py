@@ -12,17 +12,10 @@ from hafrm.cli import main
 from hafrm.config import RlhfConfig
 from hafrm.data.builtin import builtin_rows
 from hafrm.data.instructions import check
-from hafrm.rewards import RewardModel
 from hafrm.rlhf import RewardFunction, compare, read_curve, run_rlhf
-from test_bon import train_tiny
+from hafrm.scoring import RewardModel
 
 PROMPTS = [row["prompt"] for row in builtin_rows("test")[:3]]
-
-
-@pytest.fixture(scope="module")
-def reward_runs(tiny_model, pairs_file, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("rlhf-rewards")
-    return {method: train_tiny(tiny_model, pairs_file, method, root / method) for method in ("rm", "dpo")}
 
 
 def rlhf_cfg(tiny_model, reward_runs, out: Path, **changes) -> RlhfConfig:
@@ -42,8 +35,8 @@ def test_the_reward_function_is_hafrms_reward_normalised_with_the_stored_moments
     assert RewardFunction(str(run), normalize=False)(prompts, completions) == pytest.approx(raw, abs=1e-6)
     normalised = RewardFunction(str(run), normalize=True)(prompts, completions)
     assert normalised == pytest.approx([(r - 0.25) / 2.0 for r in raw], abs=1e-6)
-    with pytest.raises(ValueError, match="a dpo run has no reward head"):
-        RewardFunction(str(reward_runs["dpo"]), normalize=True)
+    implicit = RewardModel(reward_runs["dpo"]).score([(PROMPTS[0], "the sky is dark."), (PROMPTS[0], "No.")])
+    assert RewardFunction(str(reward_runs["dpo"]), normalize=False)(prompts, completions) == pytest.approx(implicit)
 
 
 def test_grpo_trains_evaluates_and_resumes_exactly(tiny_model, reward_runs, tmp_path):
@@ -110,7 +103,6 @@ def test_bad_settings_are_one_line_errors(tiny_model, reward_runs, tmp_path, cap
         ([], "--reward DIR is required"),
         (["--reward", str(tmp_path / "nowhere")], f"reward model {tmp_path / 'nowhere'}: no such directory"),
         (["--reward", str(reward_runs["rm"]), "--num-generations", "1"], "--num-generations must be at least 2"),
-        (["--reward", str(reward_runs["dpo"])], "has no reward head"),
         (["--compare", str(tmp_path)], "--compare takes two rlhf output directories"),
     ]
     for extra, message in cases:

@@ -1,7 +1,6 @@
 """hafrm.rundir: the lock, refusing another run's directory, complete checkpoints, resume identity."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,16 +13,9 @@ from hafrm.rundir import (
     RUN_FILE,
     RunDirectory,
     RunDirectoryError,
-    atomic_write_text,
     checkpoint_problem,
     write_manifest,
 )
-
-FAST = ["--max-length", "96", "--batch-size", "4", "--lr", "5e-3", "--logging-steps", "1", "--eval-steps", "2"]
-
-
-def train_argv(tiny_model, data, output_dir, *flags):
-    return ["train", "--model", tiny_model, "--data", str(data), "--output-dir", str(output_dir), *FAST, *flags]
 
 
 def fake_checkpoint(root: Path, step: int, complete: bool = True) -> Path:
@@ -123,19 +115,6 @@ def test_resume_identity_names_what_changed(tmp_path):
     )
 
 
-def test_atomic_write_leaves_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
-    target = tmp_path / "hafrm.json"
-    atomic_write_text(target, "old")
-
-    def full_disk(src, dst):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "replace", full_disk)
-    with pytest.raises(OSError):
-        atomic_write_text(target, "new")
-    assert target.read_text() == "old"
-
-
 HOLDER = """
 import sys, time
 from hafrm.rundir import RunDirectory
@@ -145,12 +124,15 @@ with RunDirectory(sys.argv[1]).hold():
 """
 
 
-def test_a_second_run_into_a_locked_directory_fails_at_once_naming_the_holder(tiny_model, pairs_file, tmp_path, capsys):
+def test_a_second_run_into_a_locked_directory_fails_at_once_naming_the_holder(
+    tiny_model, pairs_file, tmp_path, capsys, train_argv
+):
     output_dir = tmp_path / "run"
+    argv = train_argv(tiny_model, pairs_file, output_dir, "--max-steps", "2", "--eval-steps", "2")
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(output_dir)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        assert main(train_argv(tiny_model, pairs_file, output_dir, "--max-steps", "2")) == 1
+        assert main(argv) == 1
         error = capsys.readouterr().err.strip()
         assert error.startswith(
             f"hafrm train: error: {output_dir} is in use by another hafrm run (pid {holder.pid} on "
@@ -161,32 +143,34 @@ def test_a_second_run_into_a_locked_directory_fails_at_once_naming_the_holder(ti
         holder.kill()
         holder.wait(timeout=30)
     # the holder died with its lock: the directory is free again
-    assert main(train_argv(tiny_model, pairs_file, output_dir, "--max-steps", "2")) == 0
+    assert main(argv) == 0
 
 
-def test_another_method_into_a_run_directory_is_refused_then_overwritten(tiny_model, pairs_file, tmp_path, capsys):
+def test_another_method_into_a_run_directory_is_refused_then_overwritten(
+    tiny_model, pairs_file, tmp_path, capsys, train_argv
+):
     output_dir = tmp_path / "run"
-    assert main(train_argv(tiny_model, pairs_file, output_dir, "--method", "haf", "--max-steps", "2")) == 0
+    two_steps = ("--max-steps", "2", "--eval-steps", "2")
+    assert main(train_argv(tiny_model, pairs_file, output_dir, "--method", "haf", *two_steps)) == 0
     capsys.readouterr()
-    assert main(train_argv(tiny_model, pairs_file, output_dir, "--method", "rm", "--max-steps", "2")) == 1
+    assert main(train_argv(tiny_model, pairs_file, output_dir, "--method", "rm", *two_steps)) == 1
     assert "already holds a haf run (finished, 1 checkpoint(s), newest checkpoint-2)" in capsys.readouterr().err
-    assert main(train_argv(tiny_model, pairs_file, output_dir, "--method", "rm", "--max-steps", "2", "--resume")) == 1
+    assert main(train_argv(tiny_model, pairs_file, output_dir, "--method", "rm", *two_steps, "--resume")) == 1
     assert "method 'haf' -> 'rm'" in capsys.readouterr().err
-    rm = ["--method", "rm", "--max-steps", "2", "--overwrite"]
-    assert main(train_argv(tiny_model, pairs_file, output_dir, *rm)) == 0
+    assert main(train_argv(tiny_model, pairs_file, output_dir, "--method", "rm", *two_steps, "--overwrite")) == 0
     assert "--overwrite: cleared" in capsys.readouterr().out
     for recorded in [output_dir / "hafrm.json", output_dir / "checkpoint-2" / "hafrm.json"]:
         assert json.loads(recorded.read_text())["method"] == "rm"
 
 
-def test_resume_with_other_data_stops_and_says_so(tiny_model, pairs_file, tmp_path, capsys):
+def test_resume_with_other_data_stops_and_says_so(tiny_model, pairs_file, tmp_path, capsys, train_argv):
     output_dir = tmp_path / "run"
-    assert main(train_argv(tiny_model, pairs_file, output_dir, "--max-steps", "2")) == 0
+    assert main(train_argv(tiny_model, pairs_file, output_dir, "--max-steps", "2", "--eval-steps", "2")) == 0
     changed = tmp_path / pairs_file.name  # the same path name, other content
     rows = pairs_file.read_text().splitlines()
     changed.write_text("\n".join(rows[1:]) + "\n")
     capsys.readouterr()
-    assert main(train_argv(tiny_model, changed, output_dir, "--max-steps", "4", "--resume")) == 1
+    assert main(train_argv(tiny_model, changed, output_dir, "--max-steps", "4", "--eval-steps", "2", "--resume")) == 1
     error = capsys.readouterr().err
     assert "the training data changed" in error and "the validation data changed" in error
     assert json.loads((output_dir / "hafrm.json").read_text())["max_steps"] == 2  # the finished run is untouched

@@ -5,7 +5,6 @@ Every test starts its own server process on a free port and stops it before it e
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -34,43 +33,42 @@ def run_dir(tiny_model, pairs_file, tmp_path_factory):
     return output_dir
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@pytest.fixture(scope="module")
+def serving(free_port):
+    """serving(run_dir, *flags, env=None): a `hafrm serve` process on a free loopback port -> its URL; stopped after."""
 
-
-@contextmanager
-def serving(run_dir, *flags, env: dict | None = None):
-    """A `hafrm serve` process on a free loopback port -> its base URL; stopped on leaving."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hafrm.cli", "serve", "--model", str(run_dir), "--port", str(port), *flags],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, f"the server exited: {process.stdout.read()}"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up in 120 s"
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
+    @contextmanager
+    def serve(run_dir, *flags, env: dict | None = None):
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hafrm.cli", "serve", "--model", str(run_dir), "--port", str(port), *flags],
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        url = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+            deadline = time.monotonic() + 120
+            while True:
+                assert process.poll() is None, f"the server exited: {process.stdout.read()}"
+                try:
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "the server did not come up in 120 s"
+                time.sleep(0.2)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
+
+    return serve
 
 
 def chat_text(run_dir, prompt: str, response: str) -> str:
@@ -81,7 +79,7 @@ def chat_text(run_dir, prompt: str, response: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False)
 
 
-def test_both_endpoints_give_the_rewards_of_hafrm_score(run_dir, capsys):
+def test_both_endpoints_give_the_rewards_of_hafrm_score(run_dir, capsys, serving):
     expected = score(ScoreConfig(model=str(run_dir), prompt=PROMPTS[0], response=RESPONSES))
     # OpenRLHF decodes its rollouts with special tokens kept; it may or may not end them with the template's newline
     queries = [chat_text(run_dir, PROMPTS[0], response) for response in RESPONSES]
@@ -113,7 +111,7 @@ def test_both_endpoints_give_the_rewards_of_hafrm_score(run_dir, capsys):
         assert "hafrm_batch_texts_count" in metrics and "hafrm_queue_depth" in metrics
 
 
-def test_concurrent_clients_get_their_own_rewards(run_dir):
+def test_concurrent_clients_get_their_own_rewards(run_dir, serving):
     requests = [(PROMPTS[i % 3], RESPONSES[: 1 + i % 4]) for i in range(24)]
     with serving(run_dir, "--max-wait-ms", "50") as url:
         alone = [httpx.post(f"{url}/score", json={"prompt": p, "responses": r}).json()["rewards"] for p, r in requests]
@@ -133,7 +131,7 @@ def test_concurrent_clients_get_their_own_rewards(run_dir):
     assert calls < len(requests) * 2  # 24 alone + 24 concurrent requests: the concurrent ones shared model calls
 
 
-def test_the_api_key_and_reject_long(run_dir):
+def test_the_api_key_and_reject_long(run_dir, serving):
     long_response = "a long answer " * 40
     with serving(run_dir, "--reject-long", env={"HAFRM_API_KEY": "s3cret"}) as url:
         body = {"prompt": PROMPTS[1], "responses": [RESPONSES[0]]}
@@ -152,7 +150,7 @@ def test_the_api_key_and_reject_long(run_dir):
         assert long.json()["error"].startswith("responses[0] has ") and long.json()["error"].endswith("the limit is 96")
 
 
-def test_guards_answer_4xx_with_what_is_wrong(run_dir):
+def test_guards_answer_4xx_with_what_is_wrong(run_dir, serving):
     flags = ["--max-texts", "4", "--max-body-mb", "0.01", "--max-text-chars", "500", "--max-length", "48"]
     with serving(run_dir, *flags) as url:
 
@@ -218,7 +216,7 @@ bodies = st.one_of(
 )
 
 
-def test_fuzz_two_thousand_malformed_requests_never_get_a_5xx(run_dir):
+def test_fuzz_two_thousand_malformed_requests_never_get_a_5xx(run_dir, serving):
     statuses = []
     with (
         serving(run_dir, "--max-length", "32", "--max-wait-ms", "0") as url,

@@ -1,6 +1,8 @@
 """`hafrm train / eval / score / export` end to end on the tiny model, through the CLI."""
 
 import json
+import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -13,24 +15,13 @@ from safetensors.torch import load_file
 from hafrm.cli import main
 from hafrm.config import TrainConfig, parse_config
 
-FAST = ["--max-length", "96", "--batch-size", "4", "--lr", "5e-3", "--logging-steps", "1"]
-
-
-def train(tiny_model, pairs_file, output_dir, *flags):
-    argv = ["train", "--model", tiny_model, "--data", str(pairs_file), "--output-dir", str(output_dir), *FAST, *flags]
-    assert main(argv) == 0
-    return Path(output_dir)
-
-
-def trainer_state(directory: Path) -> dict:
-    checkpoints = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return json.loads((checkpoints[-1] / "trainer_state.json").read_text())
-
 
 @pytest.mark.parametrize("finetune", ["full", "lora", "freeze"])
 @pytest.mark.parametrize("method", ["rm", "dpo", "haf"])
-def test_every_method_and_mode_trains_and_is_read_back(method, finetune, tiny_model, pairs_file, tmp_path, capsys):
-    out = train(
+def test_every_method_and_mode_trains_and_is_read_back(
+    method, finetune, tiny_model, pairs_file, tmp_path, capsys, train_run, trainer_state
+):
+    out = train_run(
         tiny_model,
         pairs_file,
         tmp_path / "run",
@@ -65,7 +56,9 @@ def test_every_method_and_mode_trains_and_is_read_back(method, finetune, tiny_mo
     assert ("reward_head" in report) == (method != "dpo")
     assert ("implicit_reward" in report) == (method != "rm")
     printed = capsys.readouterr().out
-    assert "accuracy" in printed
+    for head in ("reward_head", "implicit_reward"):
+        if head in report:
+            assert f"accuracy {report[head]['accuracy']:.4f} [" in printed
 
     if method != "dpo":
         assert (
@@ -92,8 +85,8 @@ def _weights(directory) -> dict:
     return load_file(str(Path(directory) / "model.safetensors"))
 
 
-def test_freeze_trains_only_top_blocks_norm_and_score(tiny_model, pairs_file, tmp_path):
-    out = train(
+def test_freeze_trains_only_top_blocks_norm_and_score(tiny_model, pairs_file, tmp_path, train_run):
+    out = train_run(
         tiny_model,
         pairs_file,
         tmp_path / "run",
@@ -117,8 +110,8 @@ def test_freeze_trains_only_top_blocks_norm_and_score(tiny_model, pairs_file, tm
     assert "score.weight" in after and "score.weight" not in before
 
 
-def test_freeze_trains_an_untied_lm_head(tiny_untied_model, pairs_file, tmp_path):
-    out = train(
+def test_freeze_trains_an_untied_lm_head(tiny_untied_model, pairs_file, tmp_path, train_run):
+    out = train_run(
         tiny_untied_model,
         pairs_file,
         tmp_path / "run",
@@ -150,8 +143,8 @@ def _check_added_pad_row(before: dict, after: dict) -> None:
             after[name] = after[name][:rows]
 
 
-def test_best_checkpoint_is_kept_and_resume_continues(tiny_model, pairs_file, tmp_path):
-    out = train(
+def test_best_checkpoint_is_kept_and_resume_continues(tiny_model, pairs_file, tmp_path, train_run, trainer_state):
+    out = train_run(
         tiny_model,
         pairs_file,
         tmp_path / "run",
@@ -170,15 +163,15 @@ def test_best_checkpoint_is_kept_and_resume_continues(tiny_model, pairs_file, tm
     best = max(e["eval_accuracy"] for e in state["log_history"] if "eval_accuracy" in e and e["step"] > 0)
     assert state["best_metric"] == best
 
-    train(tiny_model, pairs_file, out, "--method", "rm", "--max-steps", "6", "--eval-steps", "2", "--resume")
+    train_run(tiny_model, pairs_file, out, "--method", "rm", "--max-steps", "6", "--eval-steps", "2", "--resume")
     resumed = trainer_state(out)
     assert resumed["global_step"] == 6
     steps = [e["step"] for e in resumed["log_history"] if "loss" in e and "eval_loss" not in e]
     assert steps.count(1) == 1, "resume must continue from step 4, not start again"
 
 
-def test_gradient_accumulation_and_eval_data(tiny_model, pairs_file, tmp_path):
-    out = train(
+def test_gradient_accumulation_and_eval_data(tiny_model, pairs_file, tmp_path, train_run, trainer_state):
+    out = train_run(
         tiny_model,
         pairs_file,
         tmp_path / "run",
@@ -193,29 +186,44 @@ def test_gradient_accumulation_and_eval_data(tiny_model, pairs_file, tmp_path):
         "--eval-steps",
         "2",
     )
-    evals = [e for e in trainer_state(out)["log_history"] if "eval_accuracy" in e]
-    assert evals[-1]["eval_implicit_accuracy"] >= 0
+    history = trainer_state(out)["log_history"]
+    # all 48 pairs train (--eval-data holds nothing out): 12 batches of 4 an epoch, two accumulated in each step
+    assert [entry["epoch"] for entry in history if "loss" in entry] == pytest.approx([2 / 12, 4 / 12])
+    evals = [entry for entry in history if "eval_accuracy" in entry]
+    assert [entry["step"] for entry in evals] == [0, 2]
+    # validation read the whole --eval-data file: its accuracies are those of the step-2 checkpoint's
+    # per-pair scores on the same 48 pairs, as `hafrm eval` gives them
+    report_path = tmp_path / "eval.json"
+    argv = ["eval", "--model", str(out / "checkpoint-2"), "--data", str(pairs_file), "--json", str(report_path)]
+    assert main([*argv, "--save-scores"]) == 0
+    scores = json.loads(report_path.read_text())["scores"]
+    assert len(scores["implicit_reward"]) == 2 * 48
+    assert evals[-1]["eval_accuracy"] == pytest.approx(pair_accuracy(scores["reward_head"]))
+    assert evals[-1]["eval_implicit_accuracy"] == pytest.approx(pair_accuracy(scores["implicit_reward"]))
 
 
-def loss_curve(directory: Path) -> list[float]:
-    """Loss and gradient norm of every logged training step, flattened."""
-    steps = [entry for entry in trainer_state(directory)["log_history"] if "loss" in entry]
-    return [value for entry in steps for value in (entry["loss"], entry["grad_norm"])]
+def pair_accuracy(scores: list[float]) -> float:
+    """Share of pairs whose chosen response scores strictly above the rejected one; `scores` as an eval
+    report's `scores` hold them: every chosen score, then every rejected one, in data order."""
+    n = len(scores) // 2
+    return sum(chosen > rejected for chosen, rejected in zip(scores[:n], scores[n:])) / n
 
 
 @pytest.mark.parametrize("finetune", ["full", "lora", "freeze"])
-def test_gradient_checkpointing_changes_memory_not_numbers(finetune, tiny_model, pairs_file, tmp_path):
+def test_gradient_checkpointing_changes_memory_not_numbers(
+    finetune, tiny_model, pairs_file, tmp_path, train_run, logged
+):
     """Checkpointed blocks recompute in backward; LoRA and freeze (frozen inputs) still get gradients."""
     histories = []
     for flags in ([], ["--gradient-checkpointing"]):
-        out = train(
+        out = train_run(
             tiny_model,
             pairs_file,
             tmp_path / f"run{len(flags)}",
             *("--method", "haf", "--finetune", finetune, "--trainable-layers", "1"),
             *("--max-steps", "3", "--val-fraction", "0", "--sampling", "sequential", *flags),
         )
-        histories.append(loss_curve(out))
+        histories.append(logged(out, "loss", "grad_norm"))
     assert len(histories[0]) == 6 and all(norm > 0 for norm in histories[0][1::2])
     assert histories[1] == pytest.approx(histories[0], rel=1e-4)
 
@@ -234,47 +242,33 @@ def varied_pairs(tmp_path_factory) -> Path:
     return path
 
 
-def _record_batches(monkeypatch) -> list[dict]:
-    from hafrm.data.collator import PairCollator
-
-    batches, collate = [], PairCollator.__call__
-
-    def recording(self, rows):
-        batch = collate(self, rows)
-        batches.append(batch)
-        return batch
-
-    monkeypatch.setattr(PairCollator, "__call__", recording)
-    return batches
-
-
-def test_packing_trains_like_padding_on_fewer_tokens(tiny_model, varied_pairs, tmp_path, monkeypatch):
-    batches = _record_batches(monkeypatch)
+def test_packing_trains_like_padding_on_fewer_tokens(
+    tiny_model, varied_pairs, tmp_path, train_run, logged, collated_batches
+):
     histories, tokens = [], []
     for flags in (["--no-packing"], []):
-        batches.clear()
-        out = train(
+        collated_batches.clear()
+        out = train_run(
             tiny_model,
             varied_pairs,
             tmp_path / f"run{len(flags)}",
             *("--method", "haf", "--max-steps", "3", "--val-fraction", "0", "--sampling", "sequential", *flags),
             "--no-prompt-sharing",
         )
-        histories.append(loss_curve(out))
-        tokens.append(sum(batch["input_ids"].numel() for batch in batches))
-        assert all(("sequence_ids" in batch) == (not flags) for batch in batches)
+        histories.append(logged(out, "loss", "grad_norm"))
+        tokens.append(sum(batch["input_ids"].numel() for batch in collated_batches))
+        assert all(("sequence_ids" in batch) == (not flags) for batch in collated_batches)
     assert tokens[1] < 0.8 * tokens[0], tokens
     assert histories[1] == pytest.approx(histories[0], rel=1e-4)
 
 
 def test_packing_turns_itself_off_for_attention_that_ignores_it(
-    tiny_model, varied_pairs, tmp_path, monkeypatch, capsys
+    tiny_model, varied_pairs, tmp_path, monkeypatch, capsys, train_run, collated_batches
 ):
     import transformers.masking_utils
 
     monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
-    batches = _record_batches(monkeypatch)
-    train(
+    train_run(
         tiny_model,
         varied_pairs,
         tmp_path / "run",
@@ -290,12 +284,13 @@ def test_packing_turns_itself_off_for_attention_that_ignores_it(
         "note: packing off: LlamaForCausalLM scores two sequences packed in one row differently"
         in capsys.readouterr().out
     )
-    assert batches and all("attention_mask" in batch and "sequence_ids" not in batch for batch in batches)
+    assert collated_batches
+    assert all("attention_mask" in batch and "sequence_ids" not in batch for batch in collated_batches)
     assert json.loads((tmp_path / "run" / "hafrm.json").read_text())["packing"] is False
 
 
 def test_packing_turns_itself_off_for_a_model_that_cannot_run_packed(
-    tiny_model, varied_pairs, tmp_path, monkeypatch, capsys
+    tiny_model, varied_pairs, tmp_path, monkeypatch, capsys, train_run, collated_batches
 ):
     import hafrm.train
 
@@ -303,8 +298,7 @@ def test_packing_turns_itself_off_for_a_model_that_cannot_run_packed(
         raise ValueError("position_ids must be 3-dimensional")
 
     monkeypatch.setattr(hafrm.train, "packing_error", fails)
-    batches = _record_batches(monkeypatch)
-    train(
+    train_run(
         tiny_model,
         varied_pairs,
         tmp_path / "run",
@@ -318,10 +312,10 @@ def test_packing_turns_itself_off_for_a_model_that_cannot_run_packed(
     )
     out = capsys.readouterr().out
     assert "note: packing off: LlamaForCausalLM failed on packed rows (ValueError: position_ids must be 3" in out
-    assert batches and all("sequence_ids" not in batch for batch in batches)
+    assert collated_batches and all("sequence_ids" not in batch for batch in collated_batches)
 
 
-def test_group_by_length_batches_pairs_of_similar_length(tiny_model, pairs_file, tmp_path, monkeypatch):
+def test_group_by_length_batches_pairs_of_similar_length(tiny_model, pairs_file, tmp_path, monkeypatch, train_run):
     from hafrm.data.collator import PairCollator
 
     batches = []
@@ -335,15 +329,17 @@ def test_group_by_length_batches_pairs_of_similar_length(tiny_model, pairs_file,
     spreads = {}
     for flags in ([], ["--sampling", "group_by_length"]):
         batches.clear()
-        train(tiny_model, pairs_file, tmp_path / f"run{len(flags)}", "--method", "rm", "--val-fraction", "0", *flags)
+        train_run(
+            tiny_model, pairs_file, tmp_path / f"run{len(flags)}", "--method", "rm", "--val-fraction", "0", *flags
+        )
         assert len(batches) == 12 and all(len(b) == 4 for b in batches)  # 48 pairs, batch 4, one epoch
         # padding a batch costs (longest - each row): summed over the epoch
         spreads[bool(flags)] = sum(max(b) * len(b) - sum(b) for b in batches)
     assert spreads[True] < 0.75 * spreads[False], spreads
 
 
-def test_lora_export_gives_a_full_directory_with_equal_rewards(tiny_model, pairs_file, tmp_path, capsys):
-    out = train(
+def test_lora_export_gives_a_full_directory_with_equal_rewards(tiny_model, pairs_file, tmp_path, capsys, train_run):
+    out = train_run(
         tiny_model, pairs_file, tmp_path / "run", "--finetune", "lora", "--max-steps", "2", "--val-fraction", "0"
     )
     merged = tmp_path / "merged"
@@ -385,8 +381,10 @@ def test_console_script_runs(tmp_path):
     assert result.returncode == 0 and "--policy-loss" in result.stdout
 
 
-def test_eval_reports_per_source_and_subset(tiny_model, pairs_file, tmp_path, capsys):
-    out = train(tiny_model, pairs_file, tmp_path / "run", "--method", "haf", "--max-steps", "1", "--val-fraction", "0")
+def test_eval_reports_per_source_and_subset(tiny_model, pairs_file, tmp_path, capsys, train_run):
+    out = train_run(
+        tiny_model, pairs_file, tmp_path / "run", "--method", "haf", "--max-steps", "1", "--val-fraction", "0"
+    )
     rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
     second = tmp_path / "other.jsonl"
     second.write_text(
@@ -408,10 +406,10 @@ def test_eval_reports_per_source_and_subset(tiny_model, pairs_file, tmp_path, ca
     assert "per source:" in capsys.readouterr().out
 
 
-def test_skip_bad_rows_trains_and_counts(tiny_model, pairs_file, tmp_path, capsys):
+def test_skip_bad_rows_trains_and_counts(tiny_model, pairs_file, tmp_path, capsys, train_run):
     bad = tmp_path / "with-bad.jsonl"
     bad.write_text(pairs_file.read_text() + '{"prompt": "p", "chosen": "same", "rejected": "same"}\n')
-    train(tiny_model, bad, tmp_path / "run", "--max-steps", "1", "--skip-bad-rows", "--val-fraction", "0")
+    train_run(tiny_model, bad, tmp_path / "run", "--max-steps", "1", "--skip-bad-rows", "--val-fraction", "0")
     out = capsys.readouterr().out
     assert "skipped bad rows: identical responses 1 (row 48)" in out
     assert f"skipped rows: 1 listed in {tmp_path / 'run' / 'skipped-rows.jsonl'}" in out
@@ -427,8 +425,8 @@ def test_skip_bad_rows_trains_and_counts(tiny_model, pairs_file, tmp_path, capsy
     }
 
 
-def test_training_on_mostly_truncated_pairs_is_warned_about(tiny_model, pairs_file, tmp_path, capsys):
-    train(tiny_model, pairs_file, tmp_path / "run", "--max-steps", "1", "--max-length", "16", "--val-fraction", "0")
+def test_training_on_mostly_truncated_pairs_is_warned_about(tiny_model, pairs_file, tmp_path, capsys, train_run):
+    train_run(tiny_model, pairs_file, tmp_path / "run", "--max-steps", "1", "--max-length", "16", "--val-fraction", "0")
     warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 1
     assert warnings[0].startswith("warning: all of the 48 pairs are truncated at --max-length 16 (the longest has ")
@@ -448,16 +446,16 @@ def _hub_layout_copy(shared_data, root, rows=40):
 
 
 def test_hh_harmless_by_name_from_a_local_copy_and_from_the_shared_file(
-    shared_data, tiny_model, tmp_path, monkeypatch, capsys
+    shared_data, tiny_model, tmp_path, monkeypatch, capsys, train_run
 ):
     monkeypatch.setenv("HAFRM_DATA_DIR", str(_hub_layout_copy(shared_data, tmp_path / "hub")))
-    by_name = train(tiny_model, "hh-harmless", tmp_path / "named", "--method", "haf", "--max-steps", "1")
+    by_name = train_run(tiny_model, "hh-harmless", tmp_path / "named", "--method", "haf", "--max-steps", "1")
     assert json.loads((by_name / "hafrm.json").read_text())["data"] == "hh-harmless"
     printed = capsys.readouterr().out
     assert "hh-harmless: 40 pairs from 40 rows" in printed
 
     shared_file = shared_data / "hh-harmless" / "train.jsonl.gz"
-    train(tiny_model, shared_file, tmp_path / "file", "--method", "rm", "--max-steps", "1", "--skip-bad-rows")
+    train_run(tiny_model, shared_file, tmp_path / "file", "--method", "rm", "--max-steps", "1", "--skip-bad-rows")
     printed = capsys.readouterr().out
     assert "train.jsonl.gz: 1805 pairs from 1812 rows" in printed
     assert (
@@ -477,28 +475,22 @@ def test_hh_harmless_by_name_from_a_local_copy_and_from_the_shared_file(
         "--skip-bad-rows",
         "--json",
         str(report_path),
+        "--save-scores",
     ]
     assert main(argv) == 0
     report = json.loads(report_path.read_text())
     assert report["per_source"]["hh-harmless"]["pairs"] == 12
-    assert report["per_source"]["testset-v1.json"]["pairs"] > 500
-    assert 0 <= report["per_source"]["testset-v1.json"]["reward_head"]["accuracy"] <= 1
+    # PandaLM's 999 rows less 105 ties and 58 bad rows (52 empty responses, 6 non-text fields; see test_stats)
+    assert report["per_source"]["testset-v1.json"]["pairs"] == report["pairs"] - 12 == 836
+    # each source's accuracy from the per-pair scores: the hh-harmless pairs come first, then PandaLM's
+    scores, n = report["scores"]["reward_head"], report["pairs"]
+    for source, part in (("hh-harmless", slice(0, 12)), ("testset-v1.json", slice(12, n))):
+        pair_scores = scores[:n][part] + scores[n:][part]
+        assert report["per_source"][source]["reward_head"]["accuracy"] == pytest.approx(pair_accuracy(pair_scores))
 
 
-def test_no_data_trains_on_the_builtin_set_with_its_validation_split(tiny_model, tmp_path, capsys):
-    argv = [
-        "train",
-        "--model",
-        tiny_model,
-        "--output-dir",
-        str(tmp_path / "run"),
-        *FAST,
-        "--max-steps",
-        "1",
-        "--eval-steps",
-        "1",
-    ]
-    assert main(argv) == 0
+def test_no_data_trains_on_the_builtin_set_with_its_validation_split(tiny_model, tmp_path, capsys, train_argv):
+    assert main(train_argv(tiny_model, None, tmp_path / "run", "--max-steps", "1", "--eval-steps", "1")) == 0
     printed = capsys.readouterr().out
     assert "train data builtin: 1000 pairs" in printed
     assert (
@@ -507,11 +499,13 @@ def test_no_data_trains_on_the_builtin_set_with_its_validation_split(tiny_model,
     assert json.loads((tmp_path / "run" / "hafrm.json").read_text())["data"] == "builtin"
 
 
-def test_eval_scores_a_rewardbench_file(tiny_model, pairs_file, tmp_path, capsys):
+def test_eval_scores_a_rewardbench_file(tiny_model, pairs_file, tmp_path, capsys, train_run):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out = train(tiny_model, pairs_file, tmp_path / "run", "--method", "rm", "--max-steps", "1", "--val-fraction", "0")
+    out = train_run(
+        tiny_model, pairs_file, tmp_path / "run", "--method", "rm", "--max-steps", "1", "--val-fraction", "0"
+    )
     rows = [
         {"prompt": f"Say {word}.", "chosen": f"{word}!", "chosen_model": "a", "rejected": "No.", "rejected_model": "b",
          "subset": subset, "id": i}
@@ -524,34 +518,82 @@ def test_eval_scores_a_rewardbench_file(tiny_model, pairs_file, tmp_path, capsys
     assert main(argv) == 0
     report = json.loads(report_path.read_text())
     assert report["version"] == "v1" and report["examples"] == 3
-    assert set(report["per_subset"]) == {"alpacaeval-easy", "mt-bench-hard", "hep-python"}
-    assert 0 <= report["score"] <= 1
+    # each example's credit from `hafrm score` of its two responses: 1 when the chosen one scores higher
+    credits = {}
+    for row in rows:
+        capsys.readouterr()
+        responses = ["--response", row["chosen"], "--response", row["rejected"]]
+        assert main(["score", "--model", str(out), "--prompt", row["prompt"], *responses]) == 0
+        chosen, rejected = (float(line.split("\t")[0]) for line in capsys.readouterr().out.splitlines() if "\t" in line)
+        credits[row["subset"]] = float(chosen > rejected)
+    assert {subset: figures["accuracy"] for subset, figures in report["per_subset"].items()} == credits
+    # one subset in each of three sections (chat, chat hard, reasoning): the score is the mean of the credits
+    assert report["score"] == pytest.approx(sum(credits.values()) / 3)
 
 
-def test_eval_figures_plots_and_reward_moments(tiny_model, pairs_file, tmp_path):
-    out = train(tiny_model, pairs_file, tmp_path / "run", "--method", "haf", "--max-steps", "2", "--eval-steps", "2")
+def test_eval_figures_plots_and_reward_moments(tiny_model, pairs_file, tmp_path, train_run, response_logp):
+    out = train_run(
+        tiny_model, pairs_file, tmp_path / "run", "--method", "haf", "--max-steps", "2", "--eval-steps", "2"
+    )
     config, run = (json.loads((out / name).read_text()) for name in ("config.json", "hafrm.json"))
     assert (config["mean"], config["std"]) == (run["reward_mean"], run["reward_std"]) and config["std"] > 0
 
     report_path, plots = tmp_path / "eval.json", tmp_path / "plots"
     argv = ["eval", "--model", str(out), "--data", str(pairs_file), "--json", str(report_path), "--plots", str(plots)]
-    assert main(argv) == 0
+    assert main([*argv, "--save-scores"]) == 0
     report = json.loads(report_path.read_text())
     low, high = report["reward_head"]["ci95"]
     assert low <= report["reward_head"]["accuracy"] <= high
-    assert 0 <= report["reward_head"]["ece"] <= 1
+    reward, implicit, combined = (report["scores"][head] for head in ("reward_head", "implicit_reward", "combined"))
+    assert report["reward_head"]["ece"] == pytest.approx(calibration_error(reward), abs=1e-9)
     assert report["combined_lambda"]["fitted_on"].startswith("5 validation pairs")
-    assert "combined" in report and report["combined"]["accuracy"] >= 0
-    assert report["perplexity"]["chosen"]["mean"] > 1 and report["perplexity"]["rejected"]["variance"] >= 0
+    # the combined score is r + λ·implicit pair by pair, and its accuracy is counted from those scores
+    lam = report["combined_lambda"]["lambda"]
+    assert combined == pytest.approx([r + lam * i for r, i in zip(reward, implicit)], abs=1e-5)
+    assert report["combined"]["accuracy"] == pytest.approx(pair_accuracy(combined))
+    assert (report["truncation"]["prompt_truncated"], report["truncation"]["response_truncated"]) == (0, 0)
+    for side, values in perplexities_by_hand(out, pairs_file, response_logp).items():
+        assert report["perplexity"][side]["mean"] == pytest.approx(statistics.fmean(values), rel=1e-3)
+        assert report["perplexity"][side]["variance"] == pytest.approx(statistics.variance(values), rel=1e-3)
     assert sorted(p.name for p in plots.glob("*.png")) == ["calibration.png", "margins.png", "perplexity.png"]
 
 
-def test_a_sharding_config_on_a_cpu_says_it_runs_unsharded(tiny_model, pairs_file, tmp_path, monkeypatch, capsys):
+def calibration_error(scores: list[float], bins: int = 10) -> float:
+    """ECE of p = σ(s_chosen − s_rejected), each pair counted both ways (p with outcome 1, 1 − p with outcome 0),
+    over `bins` equal-width bins of p: Σ_b |Σ p − Σ outcome| / (2N)."""
+    n = len(scores) // 2
+    margins = [chosen - rejected for chosen, rejected in zip(scores[:n], scores[n:])]
+    points = [(1 / (1 + math.exp(-m)), 1.0) for m in margins] + [(1 / (1 + math.exp(m)), 0.0) for m in margins]
+    gaps = [0.0] * bins
+    for predicted, outcome in points:
+        gaps[min(int(predicted * bins), bins - 1)] += predicted - outcome
+    return sum(abs(gap) for gap in gaps) / len(points)
+
+
+def perplexities_by_hand(run: Path, pairs_file: Path, response_logp) -> dict[str, list[float]]:
+    """Per-token perplexity exp(−log π(y|x) / |y|) of every chosen and rejected response under the run's policy."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hafrm.data.templates import encode_response
+
+    policy, tokenizer = AutoModelForCausalLM.from_pretrained(run).eval(), AutoTokenizer.from_pretrained(run)
+    values = {"chosen": [], "rejected": []}
+    for index, line in enumerate(pairs_file.read_text().splitlines()):
+        row = json.loads(line)
+        for side, side_values in values.items():
+            prompt_ids, response_ids = encode_response(tokenizer, row["prompt"], row[side], f"row {index}")
+            side_values.append(math.exp(-response_logp(policy, prompt_ids, response_ids) / len(response_ids)))
+    return values
+
+
+def test_a_sharding_config_on_a_cpu_says_it_runs_unsharded(
+    tiny_model, pairs_file, tmp_path, monkeypatch, capsys, train_run
+):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --config_file fsdp.yaml` sets
-    train(tiny_model, pairs_file, tmp_path / "run", "--method", "rm", "--max-steps", "1", "--val-fraction", "0")
+    train_run(tiny_model, pairs_file, tmp_path / "run", "--method", "rm", "--max-steps", "1", "--val-fraction", "0")
     assert "note: no GPU here: accelerate runs this FSDP config as plain data parallel" in capsys.readouterr().out
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
-    train(tiny_model, pairs_file, tmp_path / "again", "--method", "rm", "--max-steps", "1", "--val-fraction", "0")
+    train_run(tiny_model, pairs_file, tmp_path / "again", "--method", "rm", "--max-steps", "1", "--val-fraction", "0")
     assert "note: no GPU here" not in capsys.readouterr().out
 
 

@@ -23,68 +23,11 @@ import os
 from pathlib import Path
 
 from .config import BonConfig
-from .data import DataError
-from .devices import to_scoring_device
+from .sampling import Policy, read_prompts
+from .scoring import RewardModel, reward_kind
 
 SAMPLES, META = "samples.jsonl", "samples.meta.json"
 SAMPLING_FIELDS = ("policy", "prompts", "n", "temperature", "top_p", "max_new_tokens", "seed", "batch_size")
-
-
-# ---------------------------------------------------------------- prompts
-
-
-def read_prompts(spec: str, limit: int | None = None) -> list:
-    """`builtin:SPLIT[@N]` or a JSON / JSONL file of rows with a `prompt` (text or chat messages) -> prompts."""
-    if spec.startswith("builtin"):
-        from .data.builtin import builtin_rows, split_and_count
-
-        prompts = [row["prompt"] for row in builtin_rows(*split_and_count(spec.partition(":")[2] or "test"))]
-    else:
-        prompts = _file_prompts(Path(spec))
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"--limit must be at least 1, got {limit}")
-        prompts = prompts[:limit]
-    return prompts
-
-
-def _file_prompts(path: Path) -> list:
-    if not path.is_file():
-        raise FileNotFoundError(f"--prompts {path}: no such file (or use builtin:SPLIT)")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        rows = json.loads(text)
-        if not isinstance(rows, list):
-            raise DataError(f"{path}: expected a JSON list of rows")
-        numbered = list(enumerate(rows))
-    else:
-        numbered = []
-        for number, line in enumerate(text.splitlines()):
-            if line.strip():
-                try:
-                    numbered.append((number, json.loads(line)))
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}: line {number + 1}: not JSON ({error.msg})") from None
-    prompts = []
-    for number, row in numbered:
-        where = f"{path}: row {number}" if path.suffix == ".json" else f"{path}: line {number + 1}"
-        prompt = row.get("prompt") if isinstance(row, dict) else None
-        if isinstance(prompt, str) and prompt.strip():
-            prompts.append(prompt)
-        elif (
-            isinstance(prompt, list)
-            and prompt
-            and all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in prompt
-            )
-        ):
-            prompts.append(prompt)
-        else:
-            raise DataError(f"{where}: field `prompt` must be non-empty text or a list of {{role, content}} messages")
-    if not prompts:
-        raise DataError(f"{path}: no prompts")
-    return prompts
 
 
 # ---------------------------------------------------------------- sampling
@@ -136,121 +79,6 @@ def read_samples(directory: Path, prompts: list | None = None) -> list[dict]:
                 f"{path}: line {number + 1} holds another prompt than --prompts gives; use another --output-dir"
             )
     return lines
-
-
-def policy_tokenizer(name: str):
-    """(local path or hub id, tokenizer padding on the left) of a sampling policy; a pad is filled in from EOS."""
-    from transformers import AutoTokenizer
-
-    from .default_model import resolve_model_path
-
-    path = resolve_model_path(name)
-    if not Path(path).exists() and "/" not in name:
-        raise FileNotFoundError(f"--policy {name}: no such directory, and not a hub id")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # generation only: the attention mask keeps pads out
-    return path, tokenizer
-
-
-def prompt_ids(tokenizer, prompt, index: int, policy: str) -> list[int]:
-    """A prompt as training renders it (chat template with the generation prompt, or plain text)."""
-    from .data.templates import encode, render
-
-    if not tokenizer.chat_template and not isinstance(prompt, str):
-        raise ValueError(f"prompt {index} is chat messages, but --policy {policy} has no chat template")
-    text, _, templated = render(tokenizer, prompt, "", f"prompt {index}")
-    return encode(tokenizer, text, templated)
-
-
-class Policy:
-    """The sampling model: HF `generate` (batched, left-padded) or vLLM when installed, a GPU present and asked for."""
-
-    def __init__(self, name: str, backend: str):
-        import torch
-
-        self.path, self.tokenizer = policy_tokenizer(name)
-        use_vllm = backend == "vllm" or (backend == "auto" and torch.cuda.is_available() and _has_vllm())
-        if backend == "vllm" and not (torch.cuda.is_available() and _has_vllm()):
-            raise ValueError("--backend vllm needs the vllm package and a GPU; use --backend hf")
-        self.backend = "vllm" if use_vllm else "hf"
-        if self.backend == "vllm":
-            from vllm import LLM
-
-            self.llm = LLM(model=self.path)
-        else:
-            from transformers import AutoModelForCausalLM
-
-            self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32).eval()
-            to_scoring_device(self.model)
-
-    def prompt_ids(self, prompt, index: int) -> list[int]:
-        return prompt_ids(self.tokenizer, prompt, index, self.path)
-
-    def sample(
-        self, prompt_ids: list[list[int]], cfg: BonConfig, seed: int
-    ) -> tuple[list[list[str]], list[list[bool]]]:
-        """N responses per prompt and whether each ended by itself (False: cut at max_new_tokens)."""
-        if self.backend == "vllm":
-            return self._sample_vllm(prompt_ids, cfg, seed)
-        import torch
-
-        from .data.collator import pad_rows
-
-        batch = pad_rows(prompt_ids, [0] * len(prompt_ids), self.tokenizer.pad_token_id, "left")
-        device = next(self.model.parameters()).device
-        torch.manual_seed(seed)
-        sampling = (
-            {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p}
-            if cfg.temperature > 0
-            else {"do_sample": False}
-        )
-        with torch.no_grad():
-            output = self.model.generate(
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-                max_new_tokens=cfg.max_new_tokens,
-                num_return_sequences=cfg.n,
-                pad_token_id=self.tokenizer.pad_token_id,
-                top_k=0,
-                **sampling,
-            )
-        new = output[:, batch["input_ids"].shape[1] :].cpu()
-        stops = set(_stop_ids(self.model, self.tokenizer))
-        texts, finished = [], []
-        for row in new.tolist():
-            ended = next((i for i, token in enumerate(row) if token in stops), None)
-            finished.append(ended is not None)
-            texts.append(self.tokenizer.decode(row[:ended], skip_special_tokens=True))
-        return _grouped(texts, cfg.n), _grouped(finished, cfg.n)
-
-    def _sample_vllm(self, prompt_ids, cfg: BonConfig, seed: int):  # pragma: no cover - needs a GPU and vllm
-        from vllm import SamplingParams
-
-        params = SamplingParams(
-            n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, seed=seed
-        )
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
-        texts = [[choice.text for choice in out.outputs] for out in outputs]
-        finished = [[choice.finish_reason == "stop" for choice in out.outputs] for out in outputs]
-        return texts, finished
-
-
-def _has_vllm() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
-
-
-def _stop_ids(model, tokenizer) -> list[int]:
-    ids = model.generation_config.eos_token_id
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
-
-
-def _grouped(values: list, n: int) -> list[list]:
-    return [values[i : i + n] for i in range(0, len(values), n)]
 
 
 def draw_samples(cfg: BonConfig, prompts: list) -> list[dict]:
@@ -343,15 +171,15 @@ def _regrid(values: list[float], lines: list[dict]) -> list[list[float]]:
 
 def reward_scores(directory: str, lines: list[dict], cfg: BonConfig, label: str) -> list[list[float]]:
     """One reward model's score of every sample, cached in scores/LABEL.json."""
-    from .rewards import RewardModel, reward_kind
-
     reward_kind(directory)  # a missing or unreadable directory is an error before any work
 
     def compute():
         model = RewardModel(directory, cfg.max_length, cfg.score_batch_size)
-        values = model.score(_flat_items(lines), desc=f"scoring with {label} ({model.kind})")
-        if getattr(model, "truncated", 0):
-            print(f"note: {model.truncated} samples exceed {model.max_length} tokens for {label}; they were cut")
+        items = _flat_items(lines)
+        values = model.score(items, desc=f"scoring with {label} ({model.kind})")
+        if model.truncated:
+            print(f"note: {label}: {model.truncated} of {len(items)} samples exceed {model.max_length} tokens "
+                  "and were cut as training cuts them")  # fmt: skip
         return _regrid(values, lines)
 
     safe = label.replace("/", "-")
@@ -515,7 +343,6 @@ def write_report(directory: Path, report: dict, title: str) -> None:
 
 def check_settings(cfg: BonConfig) -> dict[str, str]:
     """Every flag, reward directory and judge checked before any work -> {label: reward directory}."""
-    from .rewards import reward_kind
 
     if cfg.n < 1:
         raise ValueError(f"--n must be at least 1, got {cfg.n}")
@@ -560,164 +387,3 @@ def run_bon(cfg: BonConfig) -> dict:
     write_report(Path(cfg.output_dir), report, f"best-of-{cfg.n} on {cfg.prompts}")
     print((Path(cfg.output_dir) / "report.md").read_text())
     return report
-
-
-# ---------------------------------------------------------------- the bon-builtin experiment
-
-
-def experiment_bon_config(spec, rewards: dict) -> BonConfig:
-    """The experiment's `bon:` block as a BonConfig whose rewards are the trained runs."""
-    known = {f.name for f in dataclasses.fields(BonConfig)}
-    unknown = sorted(set(spec.bon) - known)
-    if unknown:
-        raise ValueError(f"experiment {spec.name!r}: unknown bon field(s) {unknown}; valid: {sorted(known)}")
-    values = {"policy": spec.base.get("model", BonConfig.policy), **spec.bon}
-    values["reward"] = [f"{label}={directory}" for label, directory in rewards.items()]
-    values["output_dir"] = str(Path(spec.output_dir) / "bon")
-    return BonConfig(**values)
-
-
-def _pooled(judge, grids_a: list, grids_b: list) -> dict:
-    """Head-to-head counts summed over seeds (seed s of A against seed s of B, on the same prompts)."""
-    from .metrics import wilson_interval
-    from .selection import head_to_head, selected
-
-    totals = {"wins": 0, "ties": 0, "losses": 0, "same": 0, "prompts": 0}
-    for a, b in zip(grids_a, grids_b, strict=True):
-        picks_a = selected(a) if a is not None else [0] * len(judge)
-        picks_b = selected(b) if b is not None else [0] * len(judge)
-        match = head_to_head(judge, picks_a, picks_b)
-        for key in ("wins", "ties", "losses"):
-            totals[key] += match[key]
-        totals["same"] += round(match["agreement"] * len(judge))
-        totals["prompts"] += len(judge)
-    n = totals["prompts"]
-    score = totals["wins"] + totals["ties"] / 2
-    return totals | {
-        "win_rate": score / n,
-        "ci95": list(wilson_interval(score, n)),
-        "agreement": totals["same"] / n,
-        "agreement_ci95": list(wilson_interval(totals["same"], n)),
-    }
-
-
-def summarise_bon(spec, judge: list[list[float]], selectors: dict[str, list[list[float]]]) -> dict:
-    """Per method, over seeds: recall, the pick's judge score, the curve; head-to-head pooled over seeds."""
-    import statistics
-
-    from .selection import bon_curve, oracle_curve, random_recall, top_k_recall
-
-    def mean_std(values):
-        return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "per_seed": values}  # fmt: skip
-
-    by_method = {run: [selectors[f"{run}/seed{seed}"] for seed in spec.seeds] for run in spec.runs}
-    n = min(len(row) for row in judge)
-    table = {}
-    for run, grids in by_method.items():
-        curves = [bon_curve(judge, grid) for grid in grids]
-        top1 = [top_k_recall(judge, grid, 1) for grid in grids]
-        table[run] = {
-            "top1": mean_std([figures["recall"] for figures in top1]),
-            "top2": mean_std([top_k_recall(judge, grid, 2)["recall"] for grid in grids]),
-            "top1_untied": mean_std([figures["recall_untied"] for figures in top1]),
-            "pick": mean_std([curve[n]["mean"] for curve in curves]),
-            "curve": {size: mean_std([curve[size]["mean"] for curve in curves]) for size in curves[0]},
-        }
-    chance, chance_top1 = bon_curve(judge), random_recall(judge, 1)
-    seeds = len(spec.seeds)
-    runs = list(by_method)
-    matches = {
-        f"{a} vs {b}": _pooled(judge, by_method[a], by_method[b]) for i, a in enumerate(runs) for b in runs[i + 1 :]
-    }
-    matches |= {f"{run} vs {RANDOM}": _pooled(judge, by_method[run], [None] * seeds) for run in runs}
-    return {
-        "prompts": len(judge),
-        "n": n,
-        "judge_mean": sum(map(sum, judge)) / sum(map(len, judge)),
-        "all_tied": top_k_recall(judge, judge, 1)["all_tied"],
-        "table": table,
-        "random": {
-            "top1": chance_top1["recall"],
-            "top2": random_recall(judge, 2)["recall"],
-            "top1_untied": chance_top1["recall_untied"],
-            "pick": chance[n]["mean"],
-            "curve": {size: figures["mean"] for size, figures in chance.items()},
-        },
-        "ceiling": {size: figures["mean"] for size, figures in oracle_curve(judge).items()},
-        "head_to_head": matches,
-    }
-
-
-def bon_summary_markdown(spec, summary: dict, config_path: Path, cfg: BonConfig) -> str:
-    import yaml
-
-    def cell(figures):
-        return f"{figures['mean']:.3f} ± {figures['std']:.3f}"
-
-    n = summary["n"]
-    lines = [
-        f"# {spec.name}", "", spec.description.strip(), "",
-        f"{summary['prompts']} prompts, N = {n} samples each from `{cfg.policy}` (temperature {cfg.temperature}, "
-        f"top-p {cfg.top_p}, at most {cfg.max_new_tokens} new tokens, seed {cfg.seed}); judge: the built-in oracle "
-        f"(fraction of a prompt's constraints met). Mean judge score of all samples {summary['judge_mean']:.3f}; "
-        f"{summary['all_tied']} prompts have all N samples tied (a hit for every selector); {summary['finished']:.0%} "
-        f"of the replies ended by themselves (the rest were cut at the length limit). Mean ± std over seeds "
-        f"{spec.seeds} of the reward models.", "",
-        f"| selector | top-1 recall | top-2 recall | top-1 recall, untied prompts | judge score of the pick (N = {n}) |",
-        "|---|---|---|---|---|",
-    ]  # fmt: skip
-    for run, row in summary["table"].items():
-        lines.append(
-            f"| {run} | {cell(row['top1'])} | {cell(row['top2'])} | {cell(row['top1_untied'])} | {cell(row['pick'])} |"
-        )
-    chance = summary["random"]
-    lines.append(
-        f"| random | {chance['top1']:.3f} | {chance['top2']:.3f} | {chance['top1_untied']:.3f} | {chance['pick']:.3f} |"
-    )
-    lines += ["", "Head to head, by the judge, seed s of one against seed s of the other, counts summed over seeds "
-              "(the same prompts in every seed, so the interval is optimistic):", "",
-              "| A vs B | A wins / ties / B wins | win rate of A [95%] | same pick [95%] |", "|---|---|---|---|"]  # fmt: skip
-    for name, match in summary["head_to_head"].items():
-        low, high = match["ci95"]
-        a_low, a_high = match["agreement_ci95"]
-        lines.append(f"| {name} | {match['wins']} / {match['ties']} / {match['losses']} | {match['win_rate']:.3f} "
-                     f"[{low:.3f}, {high:.3f}] | {match['agreement']:.3f} [{a_low:.3f}, {a_high:.3f}] |")  # fmt: skip
-    sizes = list(summary["ceiling"])
-    lines += ["", "Best-of-N curve: the judge's mean score of the pick among each prompt's first N' samples "
-              "(mean over seeds).", "", "| selector | " + " | ".join(f"N' = {size}" for size in sizes) + " |",
-              "|---|" + "---|" * len(sizes)]  # fmt: skip
-    for run, row in summary["table"].items():
-        lines.append(f"| {run} | " + " | ".join(f"{row['curve'][size]['mean']:.3f}" for size in sizes) + " |")
-    lines.append("| random | " + " | ".join(f"{summary['random']['curve'][size]:.3f}" for size in sizes) + " |")
-    lines.append("| judge's best | " + " | ".join(f"{summary['ceiling'][size]:.3f}" for size in sizes) + " |")
-    lines += ["", "## Budget and command", "", f"`hafrm experiment {config_path}`", "", "```yaml",
-              yaml.safe_dump({"base": spec.base, "runs": spec.runs, "seeds": spec.seeds, "bon": spec.bon},
-                             sort_keys=False).rstrip(), "```"]  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def run_bon_experiment(spec, config_path: Path) -> dict:
-    """Train every run and seed, sample once, let each run pick, judge; results.md / .json / bon-curve.png."""
-    from . import plots
-    from .experiment import train_all
-
-    rewards = train_all(spec)
-    cfg = experiment_bon_config(spec, rewards)
-    lines, judge_name, judge, selectors = score_all(cfg)
-    report = bon_report(judge_name, judge, selectors) | {"finished": finished_share(lines)}
-    write_report(Path(cfg.output_dir), report, f"{spec.name}: every seed")
-    summary = summarise_bon(spec, judge, selectors) | {"finished": report["finished"]}
-    output = Path(spec.output_dir)
-    (output / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (output / "results.md").write_text(bon_summary_markdown(spec, summary, config_path, cfg))
-    curves = {
-        run: [(size, f["mean"], (f["mean"] - f["std"], f["mean"] + f["std"])) for size, f in row["curve"].items()]
-        for run, row in summary["table"].items()
-    }
-    curves["random"] = [(size, value, (value, value)) for size, value in summary["random"]["curve"].items()]
-    curves["judge's best"] = [(size, value, (value, value)) for size, value in summary["ceiling"].items()]
-    plots.bon_curve_plot(curves, output / "bon-curve.png", f"{spec.name}: oracle score of the pick",
-                         band="bands: ± std over seeds")  # fmt: skip
-    print((output / "results.md").read_text())
-    return summary

@@ -24,9 +24,8 @@ from .data.templates import ensure_pad_token, pad_problem
 from .default_model import resolve_model_path
 from .devices import to_scoring_device
 from .model import SCORE_HEAD, attach_score_head
-from .rundir import atomic_write_text
+from .runrecord import read_run_record, write_run_record
 
-HAFRM_CONFIG = "hafrm.json"
 ADAPTER_README = "LOADING.md"
 
 
@@ -106,19 +105,6 @@ def load_base_model(
     return model, tokenizer
 
 
-def read_hafrm_config(directory: str | Path) -> dict:
-    path = Path(directory) / HAFRM_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a hafrm output directory: {HAFRM_CONFIG} is missing")
-    return json.loads(path.read_text())
-
-
-def write_hafrm_config(directory: str | Path, config: dict) -> None:
-    """Written atomically, and last in a final save: its presence says the directory is complete."""
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(directory) / HAFRM_CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
 def update_config_json(directory: str | Path, values: dict | None = None) -> None:
     """Write `num_labels: 1` (transformers saves only id2label) and `values` into a saved reward model's config.json."""
     path = Path(directory) / "config.json"
@@ -129,19 +115,67 @@ def update_config_json(directory: str | Path, values: dict | None = None) -> Non
 
 
 def write_adapter_note(directory: str | Path) -> None:
-    """Beside a LoRA adapter with a reward head: how to get the directory other loaders read."""
+    """Beside a LoRA adapter: LOADING.md, with the exact code that loads this run as a reward model.
+
+    Two cases: the pad token is one the base model's embeddings hold (the tokenizer's own, or a reserved
+    token), and transformers' peft integration loads the run in one call; or hafrm added the pad (SmolLM2,
+    Mistral), and the base model needs one more embedding row before the adapter loads. That row only
+    ever meets padding, which no reward reads, so how it is initialised does not change a reward.
+    """
     directory = Path(directory)
-    if (directory / "adapter_config.json").is_file():
-        (directory / ADAPTER_README).write_text(
-            "# A hafrm LoRA run\n\n"
-            "This directory holds LoRA adapters and the trained reward head `score` (peft `modules_to_save`).\n"
-            "hafrm reads it as it is (`hafrm score`, `hafrm eval`). For transformers, TRL, RewardBench, OpenRLHF\n"
-            "or vLLM, make the full reward-model directory once and load that:\n\n"
-            f"    hafrm export --model {directory} --output-dir {directory}-merged\n\n"
-            "transformers' peft integration also reads the trained head when the pad token is not one hafrm added:\n"
-            "AutoModelForSequenceClassification.from_pretrained(DIR, num_labels=1, pad_token_id=tokenizer.pad_token_id).\n"
-            "See docs/checkpoints.md, LoRA runs.\n"
+    adapter_path = directory / "adapter_config.json"
+    if not adapter_path.is_file():
+        return
+    from transformers import AutoConfig, AutoTokenizer
+
+    base = json.loads(adapter_path.read_text())["base_model_name_or_path"]
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    rows = AutoConfig.from_pretrained(base).get_text_config().vocab_size
+    added = tokenizer.pad_token_id >= rows
+    run = str(directory)
+    lines = [
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "",
+        f"run, base = {run!r}, {base!r}",
+        "tokenizer = AutoTokenizer.from_pretrained(run)",
+    ]
+    if added:
+        lines += [
+            "model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)",
+            f"model.resize_token_embeddings(len(tokenizer))  # the row of the pad token hafrm added ({tokenizer.pad_token!r})",
+            "model.config.pad_token_id = tokenizer.pad_token_id",
+            "model.load_adapter(run)  # LoRA adapters and the trained head `score` (transformers' peft integration)",
+            "model.eval()",
+        ]
+        case = (
+            f"hafrm added the pad token {tokenizer.pad_token!r} (id {tokenizer.pad_token_id}) to the base model's "
+            f"{rows} embedding rows, so the base model gets one more row before the adapter loads"
         )
+    else:
+        lines += [
+            "model = AutoModelForSequenceClassification.from_pretrained(",
+            "    run, num_labels=1, pad_token_id=tokenizer.pad_token_id",
+            ").eval()  # the base model, then the adapter with the trained head `score` (transformers' peft integration)",
+        ]
+        case = (
+            f"the pad token {tokenizer.pad_token!r} (id {tokenizer.pad_token_id}) is one the base model already holds"
+        )
+    if tokenizer.chat_template:
+        lines += ["", "text = tokenizer.apply_chat_template(messages, tokenize=False)  # prompt + reply, rendered"]
+        lines += ['reward = model(**tokenizer(text, add_special_tokens=False, return_tensors="pt")).logits[0, 0]']
+    else:  # a template-free tokenizer: plain text, tokenised with its defaults (docs/checkpoints.md, rule 2)
+        lines += ["", 'reward = model(**tokenizer(prompt + response, return_tensors="pt")).logits[0, 0]']
+    (directory / ADAPTER_README).write_text(
+        "# A hafrm LoRA run\n\n"
+        "This directory holds LoRA adapters and the trained reward head `score` (peft `modules_to_save`), "
+        "trained from\n"
+        f"`{base}`. hafrm reads it as it is (`hafrm score`, `eval`, `serve`, `bon`, `rlhf`).\n\n"
+        f"## As a reward model in transformers\n\nFor this run {case}:\n\n"
+        "```python\n" + "\n".join(lines) + "\n```\n\n"
+        "Every other loader (TRL, RewardBench, OpenRLHF, vLLM) reads the merged directory:\n\n"
+        f"    hafrm export --model {directory} --output-dir {directory}-merged\n\n"
+        "See docs/checkpoints.md, LoRA runs.\n"
+    )
 
 
 def _load_score_weight(directory: Path) -> torch.Tensor:
@@ -184,19 +218,19 @@ def run_tokenizer(directory: str | Path, allow_old_pad: bool = False):
 
 
 def _load(directory: Path, dtype: torch.dtype, allow_old_pad: bool):
-    """-> (model, tokenizer, hafrm config, the old pad token when an old run was given its new one, else None)."""
+    """-> (model, tokenizer, run record, the old pad token when an old run was given its new one, else None)."""
     from transformers import AutoModelForCausalLM
 
-    config = read_hafrm_config(directory)
+    record = read_run_record(directory)
     tokenizer = run_tokenizer(directory, allow_old_pad)
     old_pad = tokenizer.pad_token if pad_problem(tokenizer) else None
     if old_pad is not None:  # only with allow_old_pad: the run keeps its tokenizer and gets the new pad
         ensure_pad_token(tokenizer)
-    with_score = config["reward_head"]
+    with_score = record["reward_head"]
     if (directory / "adapter_config.json").is_file():
         from peft import PeftConfig, PeftModel
 
-        model, _ = load_base_model(config["base_model"], with_score_head=with_score, dtype=dtype)
+        model, _ = load_base_model(record["base_model"], with_score_head=with_score, dtype=dtype)
         fit_embeddings(model, tokenizer)
         adapter_config = PeftConfig.from_pretrained(str(directory))
         adapter_config.task_type = "CAUSAL_LM"  # hafrm runs the causal LM with its score head, whatever the file says
@@ -208,15 +242,15 @@ def _load(directory: Path, dtype: torch.dtype, allow_old_pad: bool):
             attach_score_head(model, tokenizer.pad_token_id)
             with torch.no_grad():
                 model.score.weight.copy_(_load_score_weight(directory))
-    return model, tokenizer, config, old_pad
+    return model, tokenizer, record, old_pad
 
 
 def load_trained(directory: str | Path, dtype: torch.dtype = torch.float32):
-    """Load a hafrm output directory (full weights or a LoRA adapter) -> (model, tokenizer, hafrm config)."""
-    model, tokenizer, config, _ = _load(Path(directory), dtype, allow_old_pad=False)
+    """Load a hafrm output directory (full weights or a LoRA adapter) -> (model, tokenizer, run record)."""
+    model, tokenizer, record, _ = _load(Path(directory), dtype, allow_old_pad=False)
     to_scoring_device(model)  # scoring runs where the model is; batches follow it
     model.eval()
-    return model, tokenizer, config
+    return model, tokenizer, record
 
 
 def export(run_dir: str | Path, output_dir: str | Path) -> Path:
@@ -225,19 +259,19 @@ def export(run_dir: str | Path, output_dir: str | Path) -> Path:
     An old run read its reward at the last attended token; with a pad that no text holds, the
     converted directory is read there too, by hafrm and by every transformers-based loader.
     """
-    model, tokenizer, config, old_pad = _load(Path(run_dir), torch.float32, allow_old_pad=True)
+    model, tokenizer, record, old_pad = _load(Path(run_dir), torch.float32, allow_old_pad=True)
     is_lora = hasattr(model, "merge_and_unload")
     if not is_lora and old_pad is None:
         raise ValueError(f"{run_dir} holds full weights with a valid pad token: it loads as it is, nothing to export")
     if is_lora:
         model = model.merge_and_unload()
     if old_pad is not None:
-        config = {**config, "pad_converted_from": old_pad}
+        record = {**record, "pad_converted_from": old_pad}
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
-    if config.get("reward_head"):  # the normalisation OpenRLHF reads from config.json, where the run measured it
-        moments = {"mean": config["reward_mean"], "std": config["reward_std"]} if "reward_mean" in config else {}
+    if record["reward_head"]:  # the normalisation OpenRLHF reads from config.json, where the run measured it
+        moments = {"mean": record["reward_mean"], "std": record["reward_std"]} if "reward_mean" in record else {}
         update_config_json(output_dir, moments)
-    finetune = "lora-merged" if is_lora else config.get("finetune")
-    write_hafrm_config(output_dir, {**config, "finetune": finetune, "exported_from": str(run_dir)})
+    finetune = "lora-merged" if is_lora else record.get("finetune")
+    write_run_record(output_dir, {**record, "finetune": finetune, "exported_from": str(run_dir)})
     return Path(output_dir)

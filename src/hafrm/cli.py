@@ -1,4 +1,4 @@
-"""The `hafrm` command: thin parsing, then the entry point's main function.
+"""The `hafrm` command: thin parsing, then the command's main(cfg) from the `COMMANDS` table.
 
     hafrm train --data pairs.jsonl --method haf --finetune lora --output-dir runs/haf
     hafrm eval --model runs/haf --data test.jsonl --json runs/haf/eval.json
@@ -36,15 +36,74 @@ from .validation import validate
 # Errors the user can act on: printed as one line, exit status 1.
 USER_ERRORS = (DataError, ValueError, FileNotFoundError, TrainingStopped, CheckpointWriteError)
 
+
+# Each command's main(cfg) imports its module when it runs, so that `--help` and a refused flag answer
+# before transformers' models, TRL or vLLM load.
+def train_main(cfg: TrainConfig) -> dict:
+    from .train import train
+
+    return train(cfg)
+
+
+def eval_main(cfg: EvalConfig) -> dict:
+    from .evaluate import evaluate
+
+    return evaluate(cfg)
+
+
+def score_main(cfg: ScoreConfig) -> list[float]:
+    from .evaluate import score
+
+    return score(cfg)
+
+
+def export_main(cfg: ExportConfig):
+    from .checkpoint import export
+
+    path = export(cfg.model, cfg.output_dir)
+    print(f"exported {cfg.model} to {path}")
+    return path
+
+
+def bon_main(cfg: BonConfig) -> dict:
+    from .bon import run_bon
+
+    return run_bon(cfg)
+
+
+def rlhf_main(cfg: RlhfConfig) -> list[dict]:
+    from .rlhf import run_rlhf
+
+    return run_rlhf(cfg)
+
+
+def serve_main(cfg: ServeConfig) -> None:
+    from .serve import run_serve
+
+    return run_serve(cfg)
+
+
+def data_stats_main(cfg: StatsConfig) -> list:
+    from .checkpoint import load_tokenizer
+    from .data.stats import data_stats, print_table, write_json
+
+    results = data_stats(cfg.data, load_tokenizer(cfg.model), cfg.max_length, cfg.format)
+    print_table(results, cfg.max_length)
+    if cfg.json:
+        write_json(results, cfg.json)
+    return results
+
+
+# command -> (its config dataclass, its main(cfg))
 COMMANDS = {
-    "train": TrainConfig,
-    "eval": EvalConfig,
-    "score": ScoreConfig,
-    "export": ExportConfig,
-    "bon": BonConfig,
-    "rlhf": RlhfConfig,
-    "serve": ServeConfig,
-    "data": StatsConfig,
+    "train": (TrainConfig, train_main),
+    "eval": (EvalConfig, eval_main),
+    "score": (ScoreConfig, score_main),
+    "export": (ExportConfig, export_main),
+    "bon": (BonConfig, bon_main),
+    "rlhf": (RlhfConfig, rlhf_main),
+    "serve": (ServeConfig, serve_main),
+    "data": (StatsConfig, data_stats_main),
 }
 USAGE = (
     "usage: hafrm {train,eval,score,export,bon,rlhf,serve} [--config FILE.yaml] [--flags ...]\n"
@@ -107,44 +166,11 @@ def _experiment(argv: list[str]) -> int:
 
 
 def run(command: str, cfg) -> object:
-    if command == "train":
-        from .train import train
-
-        return train(cfg)
-    if command == "eval":
-        from .evaluate import evaluate
-
-        return evaluate(cfg)
-    if command == "score":
-        from .evaluate import score
-
-        return score(cfg)
-    if command == "rlhf":
-        from .rlhf import run_rlhf
-
-        return run_rlhf(cfg)
-    if command == "bon":
-        from .bon import run_bon
-
-        return run_bon(cfg)
-    if command == "serve":
-        from .serve import run_serve
-
-        return run_serve(cfg)
-    if command == "data":
-        from .checkpoint import load_tokenizer
-        from .data.stats import data_stats, print_table, write_json
-
-        results = data_stats(cfg.data, load_tokenizer(cfg.model), cfg.max_length, cfg.format)
-        print_table(results, cfg.max_length)
-        if cfg.json:
-            write_json(results, cfg.json)
-        return results
-    from .checkpoint import export
-
-    path = export(cfg.model, cfg.output_dir)
-    print(f"exported {cfg.model} to {path}")
-    return path
+    """Call `command`'s main(cfg) -> what it returns."""
+    if command not in COMMANDS:
+        raise ValueError(unknown_command(command))
+    _, command_main = COMMANDS[command]
+    return command_main(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "data":
             rest, names = _data_stats_arguments(rest)
-        cfg = parse_config(COMMANDS[command], rest)
+        config_class, _ = COMMANDS[command]
+        cfg = parse_config(config_class, rest)
         if command == "data":
             cfg.data = names + cfg.data
             if not cfg.data:

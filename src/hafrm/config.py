@@ -17,6 +17,8 @@ from typing import Literal
 import yaml
 
 from .default_model import DEFAULT_MODEL
+from .fields import ConfigError, coerce
+from .losses import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_POLICY_LOSS, DEFAULT_SIMPO_GAMMA
 
 
 def _help(text: str, **kwargs):
@@ -107,13 +109,13 @@ class TrainConfig:
     )
     # loss
     method: Literal["rm", "dpo", "haf"] = _help("rm, dpo (as a reward model) or haf", default="haf")
-    alpha: float = _help("weight of the policy loss in haf", default=0.2)
-    beta: float = _help("β of the policy loss (DPO temperature)", default=0.1)
+    alpha: float = _help("weight of the policy loss in haf", default=DEFAULT_ALPHA)
+    beta: float = _help("β of the policy loss (DPO temperature)", default=DEFAULT_BETA)
     policy_loss: Literal["dpo", "ipo", "hinge", "simpo", "sft", "grm-sft", "dpo-noref"] = _help(
         "policy-head loss; grm-sft and dpo-noref are GRM's regularisers (GRM's weight w is α = w / (1 - w))",
-        default="dpo",
+        default=DEFAULT_POLICY_LOSS,
     )
-    simpo_gamma: float = _help("SimPO target margin γ", default=0.5)
+    simpo_gamma: float = _help("SimPO target margin γ", default=DEFAULT_SIMPO_GAMMA)
     center_rewards_coef: float = _help("weight of the reward-centering term", default=0.0)
     reference: Literal["cache", "adapters"] = _help(
         "reference log-probs: precomputed+cached, or LoRA off", default="cache"
@@ -363,8 +365,6 @@ class ExportConfig:
 def parse_config(config_class, argv: list[str]):
     """Dataclass from an optional YAML `--config FILE` with flags overriding it; unknown keys are errors."""
     from transformers import HfArgumentParser
-
-    from .validation import ConfigError, coerce
 
     parser = HfArgumentParser(config_class)
     parser.add_argument("--config", default=None, help="YAML file whose keys are this command's fields")

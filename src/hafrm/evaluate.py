@@ -13,50 +13,23 @@ with its adapters disabled.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 from pathlib import Path
 
 import torch
 
-from .checkpoint import load_base_model, load_trained, read_hafrm_config, run_tokenizer
 from .config import EvalConfig, ScoreConfig, TrainConfig
-from .data import PairCollator, load_data, tokenize_pairs
+from .data import load_data, tokenize_pairs
 from .data.length_rule import longer_is_better_accuracy
-from .data.templates import encode_response, encode_text
-from .devices import to_scoring_device
-from .losses import PolicyLogps, implicit_rewards, needs_reference
+from .data.tokenize import pair_sequences
+from .losses import needs_reference
 from .metrics import comparison, fit_combination, grouped, perplexity
-from .model import score_sequences
-from .reference import add_reference_logps
+from .runrecord import read_run_record
+from .scoring import RewardModel
 
 
-def pair_sequences(dataset) -> tuple[list[list[int]], list[int]]:
-    """The 2N responses of a tokenised pair set, chosen then rejected, and their prompt lengths."""
-    return list(dataset["chosen_input_ids"]) + list(dataset["rejected_input_ids"]), list(dataset["prompt_length"]) * 2
-
-
-def pair_scores(model, dataset, collator, batch_size: int, need_rewards: bool, need_logps: bool, frozen=None) -> dict:
-    """Per-pair rewards and response log-probs, in dataset order, as CPU tensors [N].
-
-    The 2N responses are scored longest first, about 2 x batch_size per pass; with the collator's
-    `prompt_sharing`, each pair's prompt runs once (`model.score_sequences`); with `frozen` (stored
-    states of `pair_sequences(dataset)`), only the trained top blocks run.
-    """
-    n_pairs = len(dataset)
-    sequences, prompt_lengths = pair_sequences(dataset)
-    scores = score_sequences(
-        model,
-        sequences,
-        prompt_lengths,
-        2 * batch_size,
-        collator.pad_token_id,
-        collator.padding_side,
-        need_rewards,
-        need_logps,
-        share_prompts=collator.prompt_sharing,
-        frozen=frozen,
-    )
+def _split_pairs(scores: dict, n_pairs: int) -> dict:
+    """{name: [2N]} over chosen then rejected -> {chosen_NAME: [N], rejected_NAME: [N]}."""
     return {
         f"{side}_{name}": values[:n_pairs] if side == "chosen" else values[n_pairs:]
         for name, values in scores.items()
@@ -64,54 +37,34 @@ def pair_scores(model, dataset, collator, batch_size: int, need_rewards: bool, n
     }
 
 
-def _reference_logps(cfg: EvalConfig, run: dict, datasets: dict, collator) -> dict:
-    """Reference log-probs from the base model, loaded alone and freed before the trained model loads.
-
-    For a freeze run the base's lower blocks are the run's: their stored output (built here when absent,
-    read by the run's own scoring next) feeds the base's top blocks and lm_head.
-    """
-    base, _ = load_base_model(run["base_model"], with_score_head=False)
-    to_scoring_device(base)
-    heads = {"need_rewards": False, "need_logps": True}
-    frozen = stored_frozen_states(cfg, run, base, datasets, heads)
-
-    def from_states(name):
-        def compute(model, dataset):
-            scores = pair_scores(model, dataset, collator, cfg.batch_size, **heads, frozen=frozen[name])
-            return scores["chosen_logps"], scores["rejected_logps"]
-
-        return compute if name in frozen else None
-
-    datasets = {
-        name: add_reference_logps(base, dataset, collator, cfg.batch_size, compute=from_states(name))
-        for name, dataset in datasets.items()
-    }
-    del base
-    gc.collect()
-    return datasets
-
-
 def score_sets(cfg: EvalConfig, run: dict, pair_sets: dict, max_length: int, implicit: bool, need_logps: bool):
-    """Tokenise and score every set with one load of each model -> ({name: dataset}, {name: truncation}, {name: scores})."""
-    tokenizer = run_tokenizer(cfg.model)
-    tokenised = {name: tokenize_pairs(pairs, tokenizer, max_length) for name, pairs in pair_sets.items()}
+    """Tokenise and score every set through `scoring.RewardModel` -> ({name: dataset}, {name: truncation}, {name: scores}).
+
+    A pair is cut as training cuts it (its prompt as far as the longer reply needs); the reference pass
+    (base model alone, or the LoRA run with adapters off) runs before the trained model loads.
+    """
+    reward = RewardModel(cfg.model, max_length, 2 * cfg.batch_size, cfg.prompt_sharing, getattr(torch, cfg.dtype))
+    tokenised = {name: tokenize_pairs(pairs, reward.tokenizer, max_length) for name, pairs in pair_sets.items()}
     datasets = {name: dataset for name, (dataset, _) in tokenised.items()}
-    collator = PairCollator(tokenizer.pad_token_id, tokenizer.padding_side, prompt_sharing=cfg.prompt_sharing)
-    with_reference = implicit and needs_reference(run["policy_loss"])
-    is_lora = (Path(cfg.model) / "adapter_config.json").is_file()
-    if with_reference and not is_lora:
-        datasets = _reference_logps(cfg, run, datasets, collator)
-    model, _, _ = load_trained(cfg.model, getattr(torch, cfg.dtype))
-    if with_reference and is_lora:  # the reference is the same model with its adapters disabled
-        datasets = {
-            n: add_reference_logps(model, d, collator, cfg.batch_size, use_cache=False) for n, d in datasets.items()
-        }
+    sequences = {name: pair_sequences(dataset) for name, dataset in datasets.items()}
+    need_logps = need_logps or implicit
     heads = {"need_rewards": run["reward_head"], "need_logps": need_logps}
-    frozen = stored_frozen_states(cfg, run, model, datasets, heads) if not is_lora else {}
-    scores = {
-        name: pair_scores(model, dataset, collator, cfg.batch_size, **heads, frozen=frozen.get(name))
-        for name, dataset in datasets.items()
-    }
+    references = {}
+    if implicit and needs_reference(run["policy_loss"]):
+        for name, (ids, prompts) in sequences.items():
+
+            def frozen_for(base, name=name):
+                logps_only = {**heads, "need_rewards": False}
+                return stored_frozen_states(cfg, run, base, {name: datasets[name]}, logps_only).get(name)
+
+            references[name] = reward.reference_logps(ids, prompts, "reference", frozen_for=frozen_for)
+    frozen = stored_frozen_states(cfg, run, reward.model, datasets, heads) if not reward.is_lora else {}
+    scores = {}
+    for name, (ids, prompts) in sequences.items():
+        values = reward.sequence_scores(ids, prompts, **heads, desc=f"scoring {name}", frozen=frozen.get(name))
+        if implicit:
+            values["implicit"] = reward.implicit_from(values["logps"], values["lengths"], references.get(name))
+        scores[name] = _split_pairs(values, len(datasets[name]))
     return datasets, {name: truncation for name, (_, truncation) in tokenised.items()}, scores
 
 
@@ -122,9 +75,9 @@ def frozen_blocks(run: dict, model) -> int:
     return max(0, model.config.get_text_config().num_hidden_layers - int(run["trainable_layers"]))
 
 
-def stored_frozen_states(cfg: EvalConfig, run: dict, model, datasets: dict, heads: dict) -> dict:
+def stored_frozen_states(cfg: EvalConfig, run: dict, model, datasets: dict, heads: dict):
     """{set: StoredFrozenStates} for a freeze run with `--prefix-cache`, checked on one set; {} where off."""
-    from .model import layout_tolerance
+    from .layout import layout_tolerance
     from .prefix_cache import StoredFrozenStates
 
     n_frozen = frozen_blocks(run, model)
@@ -166,7 +119,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
             Path(cfg.json).write_text(json.dumps(report, indent=2) + "\n")
         return report
-    run = read_hafrm_config(cfg.model)
+    run = read_run_record(cfg.model)
     max_length = cfg.max_length or run["max_length"]
     pairs, load_reports = load_data(cfg.data, cfg.format, cfg.skip_bad_rows, default_split="test")
     for load_report in load_reports:
@@ -232,7 +185,7 @@ def _heads(scores: dict, dataset, run: dict, implicit: bool) -> dict:
     if run["reward_head"]:
         heads["reward_head"] = (scores["chosen_rewards"], scores["rejected_rewards"])
     if implicit:
-        heads["implicit_reward"] = _implicit_rewards(scores, dataset, run)
+        heads["implicit_reward"] = (scores["chosen_implicit"], scores["rejected_implicit"])
     return heads
 
 
@@ -267,17 +220,6 @@ def write_eval_plots(directory: Path, report: dict, heads: dict, scores: dict) -
         written.append(plots.per_token_perplexity_plot({report["method"]: (per_token["chosen"], per_token["rejected"])},
                                                        directory / "perplexity.png", title=f"Per-token perplexity: {name}"))  # fmt: skip
     return written
-
-
-def _implicit_rewards(scores: dict, dataset, run: dict):
-    """The run's implicit reward of every test response, by the same function training logs it with."""
-    ref = {}
-    if "ref_chosen_logps" in dataset.column_names:
-        ref = {side: torch.tensor(dataset[side]) for side in ("ref_chosen_logps", "ref_rejected_logps")}
-    logps = PolicyLogps(
-        scores["chosen_logps"], scores["rejected_logps"], scores["chosen_lengths"], scores["rejected_lengths"], **ref
-    )
-    return implicit_rewards(run["policy_loss"], logps, run["beta"], run.get("simpo_gamma", 0.5))
 
 
 HEAD_LABELS = {"reward_head": "reward head", "implicit_reward": "implicit reward", "combined": "combined r+λ·i"}
@@ -316,77 +258,44 @@ def print_report(report: dict) -> None:
                 print(f"    {label:<28} {group['pairs']:>6} pairs  {figures}")
 
 
-def text_ids(tokenizer, item, index: int) -> tuple[list[int], int]:
-    """(token ids, prompt length) of one item to score: a (prompt, response) pair, rendered, or a full text
-    (prompt length 0), made canonical."""
-    if isinstance(item, str):
-        return encode_text(tokenizer, item), 0
-    prompt_ids, response_ids = encode_response(tokenizer, item[0], item[1], f"item {index}")
-    return prompt_ids + response_ids, len(prompt_ids)
-
-
-@torch.no_grad()
-def response_rewards(
-    model, tokenizer, items: list, max_length: int, batch_size: int = 16, share_prompts: bool = True
-) -> list[float]:
-    """Reward-head score of each (prompt, response) or full text, batched longest-first; long texts lose their start.
-
-    Responses to one prompt run it once (`share_prompts`, where the model was checked to take it).
-    """
-    sequences, prompt_lengths, truncated = [], [], 0
-    for i, item in enumerate(items):
-        ids, prompt_length = text_ids(tokenizer, item, i)
-        cut = max(len(ids) - max_length, 0)
-        truncated += cut > 0
-        sequences.append(ids[cut:])
-        prompt_lengths.append(max(prompt_length - cut, 0))
-    if truncated:
-        print(f"note: {truncated} of {len(items)} texts exceed {max_length} tokens; they lose their start")
-    scores = score_sequences(
-        model,
-        sequences,
-        prompt_lengths,
-        batch_size,
-        tokenizer.pad_token_id,
-        tokenizer.padding_side,
-        share_prompts=share_prompts,
-    )
-    return scores["rewards"].tolist()
-
-
-def _reward_model(model_dir: str, dtype: str = "float32"):
-    model, tokenizer, run = load_trained(model_dir, getattr(torch, dtype))
-    if not run["reward_head"]:
-        raise ValueError(
-            f"{model_dir} is a {run['method']} run with no reward head: use `hafrm eval --data` for its implicit reward"
-        )
-    return model, tokenizer, run
-
-
 def score(cfg: ScoreConfig) -> list[float]:
-    """Reward of each response to the prompt, and of each full text (the reward head; a dpo run has none and is refused)."""
+    """Reward of each response to the prompt, and of each full text, by the run's own reward (head, or implicit)."""
     if not cfg.response and not cfg.text:
         raise ValueError("give at least one --response (with --prompt) or --text to score")
-    model, tokenizer, run = _reward_model(cfg.model, cfg.dtype)
-    max_length = cfg.max_length or run["max_length"]
+    reward = RewardModel(cfg.model, cfg.max_length, share_prompts=cfg.prompt_sharing, dtype=getattr(torch, cfg.dtype))
     items = [(cfg.prompt, response) for response in cfg.response] + list(cfg.text)
-    rewards = response_rewards(model, tokenizer, items, max_length, share_prompts=cfg.prompt_sharing)
-    for i, (shown, reward) in enumerate(zip(cfg.response + cfg.text, rewards)):
-        print(f"{reward:+.4f}\t{i}\t{shown[:80]!r}")
+    rewards = reward.score(items)
+    for i, (shown, value) in enumerate(zip(cfg.response + cfg.text, rewards)):
+        print(f"{value:+.4f}\t{i}\t{shown[:80]!r}")
+    print_truncation_note(reward.truncated, len(items), reward.max_length)
     return rewards
 
 
+def print_truncation_note(truncated: int, items: int, max_length: int) -> None:
+    """The one line every command prints when items were cut to max_length (the training rule)."""
+    if truncated:
+        print(f"note: {truncated} of {items} items exceed {max_length} tokens and were cut as training cuts them")
+
+
 def evaluate_rewardbench(cfg: EvalConfig) -> dict:
-    """RewardBench v1 or v2 from a local copy, scored by the run's reward head."""
+    """RewardBench v1 or v2 from a local copy, scored by the run's reward (head, or implicit) or a classifier."""
     from .rewardbench import print_rewardbench, read_rewardbench, score_v1, score_v2
 
     version, rows = read_rewardbench(cfg.rewardbench)
-    model, tokenizer, run = _reward_model(cfg.model, cfg.dtype)
-    max_length = cfg.max_length or run["max_length"]
-    scorer = score_v1 if version == "v1" else score_v2
-    report = scorer(
-        rows, lambda items: response_rewards(model, tokenizer, items, max_length, cfg.batch_size, cfg.prompt_sharing)
-    )
-    report.update(model=str(cfg.model), data=str(cfg.rewardbench), method=run["method"])
+    reward = RewardModel(cfg.model, cfg.max_length, cfg.batch_size, cfg.prompt_sharing, getattr(torch, cfg.dtype))
+    counts = {"items": 0, "truncated": 0}
+
+    def scores(items):
+        values = reward.score(items)
+        counts["items"] += len(items)
+        counts["truncated"] += reward.truncated
+        return values
+
+    report = (score_v1 if version == "v1" else score_v2)(rows, scores)
+    report.update(
+        model=str(cfg.model), data=str(cfg.rewardbench), method=reward.run.get("method", reward.kind),
+        truncation={"max_length": reward.max_length, **counts},
+    )  # fmt: skip
     print_rewardbench(report)
+    print_truncation_note(counts["truncated"], counts["items"], reward.max_length)
     return report

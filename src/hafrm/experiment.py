@@ -16,46 +16,29 @@ data (never on an evaluation set), then evaluated on every set. Output under `ou
 A killed experiment resumes where it stopped: finished runs (their hafrm.json is written last) and
 finished evaluations (their JSON file) are kept; a started run without its final model resumes
 from its newest complete checkpoint.
+
+This module reads and checks the config and dispatches to the design; what the designs share (the spec,
+training the runs, the headline figure) is in `experiment_runs`, which bon, rlhf and study import.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .config import BonConfig, EvalConfig, RlhfConfig, TrainConfig
-from .rundir import FREE_ON_RESUME
-from .validation import ConfigError, check_fields, coerce, validate
+from .config import BonConfig, EvalConfig, RlhfConfig
+from .experiment_runs import ExperimentSpec, headline, part_of, reusable_run, run_dir, train_config, train_once
+from .fields import ConfigError, coerce
+from .runrecord import has_run_record
+from .validation import check_fields, validate
 
 DESIGNS = ("comparison", "mixed", "transfer", "alpha-sweep", "head-agreement", "bon", "rlhf")
 DOWNSTREAM = ("bon", "rlhf")  # designs that use the trained reward models instead of evaluating pairs
-DEFAULT_RUNS = {"rm": {"method": "rm"}, "dpo": {"method": "dpo"}, "haf": {"method": "haf"}}
 EVAL_SET_BY_RUN = ("model", "data", "json")  # EvalConfig fields the experiment sets per run and set
-
-
-@dataclass
-class ExperimentSpec:
-    name: str
-    output_dir: str
-    evaluate: dict[str, str]
-    base: dict = field(default_factory=dict)
-    runs: dict[str, dict] = field(default_factory=lambda: dict(DEFAULT_RUNS))
-    seeds: list[int] = field(default_factory=lambda: [0])
-    design: str = "comparison"
-    eval_options: dict = field(default_factory=dict)
-    bon: dict = field(default_factory=dict)  # design bon: BonConfig fields (the samples, judge, N)
-    rlhf: dict = field(default_factory=dict)  # design rlhf: RlhfConfig fields (one policy per run and seed)
-    reuse_runs: str = ""  # another experiment's output_dir: its RUN/seedS models are used where trained alike
-    baseline: str = ""  # a run: per-pair scores kept, paired differences against it, intervals, calibration (study.py)
-    alpha_curve: list[str] = field(default_factory=list)  # runs whose accuracy is drawn against their α
-    description: str = ""
-    selection: str = ""  # set by `--runs` / `--seeds`: tables and plots go to output_dir/part-SELECTION
 
 
 def load_spec(path: str | Path, overrides: dict | None = None) -> ExperimentSpec:
@@ -110,15 +93,6 @@ def _check_shape(spec: ExperimentSpec, path: str | Path) -> None:
         raise ValueError(f"{path}: `seeds` must be a non-empty list of integers, got {spec.seeds!r}")
 
 
-@contextlib.contextmanager
-def _naming(spec: ExperimentSpec, part: str):
-    """Prefix a ConfigError raised inside with the experiment and the part of it (run, block, set) at fault."""
-    try:
-        yield
-    except ConfigError as error:
-        raise ConfigError(f"experiment {spec.name!r}, {part}: {error}") from None
-
-
 def check_spec(spec: ExperimentSpec) -> None:
     """Every run's TrainConfig, the bon / rlhf block and every evaluation set, validated as their commands would.
 
@@ -130,48 +104,34 @@ def check_spec(spec: ExperimentSpec) -> None:
 
     for run_name in spec.runs:
         cfg = train_config(spec, run_name, spec.seeds[0])
-        with _naming(spec, f"run {run_name!r}"):
+        with part_of(spec, f"run {run_name!r}"):
             validate(cfg)
             for seed in spec.seeds[1:]:
                 check_fields(dataclasses.replace(cfg, seed=seed))
     if spec.design == "bon":
-        from .bon import experiment_bon_config
+        from .designs import experiment_bon_config
 
-        with _naming(spec, "bon"):
+        with part_of(spec, "bon"):
             spec.bon = coerce(BonConfig, spec.bon)
             validate(experiment_bon_config(spec, {}))
     if spec.design == "rlhf":
-        from .rlhf import experiment_rlhf_config
+        from .designs import experiment_rlhf_config
 
-        with _naming(spec, "rlhf"):
+        with part_of(spec, "rlhf"):
             spec.rlhf = coerce(RlhfConfig, spec.rlhf)
             validate(experiment_rlhf_config(spec, "(trained by the runs)", Path(spec.output_dir) / "policies"))
-    with _naming(spec, "eval_options"):
+    with part_of(spec, "eval_options"):
         spec.eval_options = coerce(EvalConfig, spec.eval_options)
         known = {f.name for f in dataclasses.fields(EvalConfig)} - set(EVAL_SET_BY_RUN)
         unknown = sorted(set(spec.eval_options) - known)
         if unknown:
             raise ConfigError(f"unknown or per-run field(s) {unknown}; valid: {sorted(known)}")
     for set_name, data in spec.evaluate.items():
-        with _naming(spec, f"evaluation set {set_name!r}"):
+        with part_of(spec, f"evaluation set {set_name!r}"):
             if not isinstance(data, str):
                 raise ConfigError(f"expected a --data value, got {data!r}")
             check_fields(EvalConfig(**{**spec.eval_options, "data": data}))
             check_data("--data", data)
-
-
-def run_dir(spec: ExperimentSpec, run_name: str, seed: int) -> Path:
-    return Path(spec.output_dir) / run_name / f"seed{seed}"
-
-
-def train_config(spec: ExperimentSpec, run_name: str, seed: int) -> TrainConfig:
-    values = {**spec.base, **spec.runs[run_name], "seed": seed, "output_dir": str(run_dir(spec, run_name, seed))}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"experiment {spec.name!r}, run {run_name!r}: unknown training field(s) {unknown}")
-    with _naming(spec, f"run {run_name!r}"):
-        return TrainConfig(**coerce(TrainConfig, values))  # YAML values read as the flags would read them
 
 
 def plan(spec: ExperimentSpec) -> list[str]:
@@ -180,67 +140,14 @@ def plan(spec: ExperimentSpec) -> list[str]:
     for run_name in spec.runs:
         for seed in spec.seeds:
             directory = run_dir(spec, run_name, seed)
-            state = "done" if (directory / "hafrm.json").is_file() else "to train"
-            if spec.reuse_runs and (Path(spec.reuse_runs) / run_name / f"seed{seed}" / "hafrm.json").is_file():
+            state = "done" if has_run_record(directory) else "to train"
+            if spec.reuse_runs and has_run_record(Path(spec.reuse_runs) / run_name / f"seed{seed}"):
                 directory, state = Path(spec.reuse_runs) / run_name / f"seed{seed}", "reused if trained alike"
             lines.append(f"{run_name} seed {seed}: {state} -> {directory}")
             for set_name in spec.evaluate:
                 done = (directory / f"eval-{set_name}.json").is_file()
                 lines.append(f"    eval {set_name}: {'done' if done else 'to do'}")
     return lines
-
-
-def reusable_run(spec: ExperimentSpec, run_name: str, seed: int) -> Path | None:
-    """The same run and seed in `spec.reuse_runs`, when it finished with exactly this run's training settings."""
-    if not spec.reuse_runs:
-        return None
-    other = Path(spec.reuse_runs) / run_name / f"seed{seed}"
-    if not (other / "hafrm.json").is_file():
-        return None
-    recorded = json.loads((other / "hafrm.json").read_text())
-    wanted = dataclasses.asdict(train_config(spec, run_name, seed))
-    # hafrm.json records what ran: exact ways of computing (packing, prompt sharing, the frozen-prefix cache)
-    # may be off there where a check turned them off, and change no result
-    ignored = {"model", "resume", "output_dir", "report_to", "data", "packing"} | FREE_ON_RESUME
-    differing = sorted(k for k in wanted if k not in ignored and k in recorded and recorded[k] != wanted[k])
-    if recorded.get("base_model") != wanted["model"] or (recorded.get("data") != (wanted["data"] or "builtin")):
-        differing.append("model or data")
-    if differing:
-        print(
-            f"note: {other} was trained with other settings ({', '.join(differing)}); training {run_name} seed {seed} here"
-        )
-        return None
-    return other
-
-
-def train_all(spec: ExperimentSpec) -> dict[str, Path]:
-    """Train (or resume, keep, or reuse from `reuse_runs`) every run and seed -> {"run/seedS": directory}.
-
-    Seed by seed: every run of the first seed is trained before any of the second, so an interrupted
-    experiment already holds one complete comparison (and another experiment can reuse it).
-    """
-    directories = {}
-    for seed in spec.seeds:
-        for run_name in spec.runs:
-            reused = reusable_run(spec, run_name, seed)
-            if reused is None:
-                _train_once(spec, run_name, seed)
-            directories[f"{run_name}/seed{seed}"] = reused or run_dir(spec, run_name, seed)
-    return directories
-
-
-def _train_once(spec: ExperimentSpec, run_name: str, seed: int) -> None:
-    from .rundir import RunDirectory
-    from .train import train
-
-    directory = run_dir(spec, run_name, seed)
-    if (directory / "hafrm.json").is_file():
-        return
-    cfg = train_config(spec, run_name, seed)
-    if RunDirectory(directory).recorded_run() is not None:  # started before: continue it
-        cfg.resume = "last"
-    print(f"\n=== {spec.name}: training {run_name}, seed {seed}")
-    train(cfg)
 
 
 def _evaluate_once(spec: ExperimentSpec, run_name: str, seed: int, set_name: str, model: Path | None = None) -> dict:
@@ -257,12 +164,6 @@ def _evaluate_once(spec: ExperimentSpec, run_name: str, seed: int, set_name: str
         model = model or run_dir(spec, run_name, seed)
         evaluate(EvalConfig(model=str(model), data=spec.evaluate[set_name], json=str(path), **options))
     return json.loads(path.read_text())
-
-
-def headline(report: dict) -> dict:
-    """The figures a run is compared on: the method's own reward (the implicit one for dpo)."""
-    head = "implicit_reward" if report["method"] == "dpo" else "reward_head"
-    return {"accuracy": report[head]["accuracy"], "margin": report[head]["margin"], "head": head}
 
 
 def select(spec: ExperimentSpec, runs: list[str] | None = None, seeds: list[int] | None = None) -> ExperimentSpec:
@@ -310,11 +211,11 @@ def run_experiment(
     if dry_run:
         return {}
     if spec.design == "bon":
-        from .bon import run_bon_experiment
+        from .designs import run_bon_experiment
 
         return run_bon_experiment(spec, Path(path))
     if spec.design == "rlhf":
-        from .rlhf import run_rlhf_experiment
+        from .designs import run_rlhf_experiment
 
         return run_rlhf_experiment(spec, Path(path))
     results = {}
@@ -322,7 +223,7 @@ def run_experiment(
         for seed in spec.seeds:
             reused = reusable_run(spec, run_name, seed)  # evaluated here, its reports kept in this experiment
             if reused is None:
-                _train_once(spec, run_name, seed)
+                train_once(spec, run_name, seed)
             for set_name in spec.evaluate:
                 report = _evaluate_once(spec, run_name, seed, set_name, reused)
                 results.setdefault(run_name, {}).setdefault(set_name, {})[seed] = report

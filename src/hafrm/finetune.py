@@ -9,17 +9,9 @@ import logging
 
 from torch import nn
 
-from .model import SCORE_HEAD, trunk_of
+from .model import SCORE_HEAD, transformer_blocks, trunk_of
 
 logger = logging.getLogger(__name__)
-
-
-def transformer_blocks(trunk: nn.Module, n_layers: int) -> nn.ModuleList:
-    """The trunk's stack of blocks: the ModuleList as long as the config's layer count."""
-    for module in trunk.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
-            return module
-    raise ValueError(f"{type(trunk).__name__}: found no list of {n_layers} transformer blocks to freeze")
 
 
 def lm_head_is_tied(model: nn.Module) -> bool:
@@ -27,9 +19,8 @@ def lm_head_is_tied(model: nn.Module) -> bool:
 
 
 def _freeze_lower_blocks(model: nn.Module, trainable_layers: int, uses_policy_head: bool) -> None:
-    config = model.config.get_text_config()
     trunk = trunk_of(model)
-    blocks = transformer_blocks(trunk, config.num_hidden_layers)
+    blocks = transformer_blocks(model)
     if not 0 < trainable_layers <= len(blocks):
         raise ValueError(f"--trainable-layers must be in 1..{len(blocks)}, got {trainable_layers}")
     model.requires_grad_(False)

@@ -1,8 +1,8 @@
-"""Pure loss functions of hybrid reward-model training. Each returns `(loss, metrics)`.
+"""Pure loss functions of hybrid reward-model training: `(loss, metrics)`, and the policy loss also its implicit rewards.
 
     from hafrm.losses import reward_loss, policy_loss, haf_loss, PolicyLogps
     r_loss, r_metrics = reward_loss(chosen_rewards, rejected_rewards)
-    p_loss, p_metrics = policy_loss("dpo", PolicyLogps(...), beta=0.1)
+    p_loss, p_metrics, implicit_chosen, implicit_rejected = policy_loss("dpo", PolicyLogps(...), beta=0.1)
     loss = haf_loss(r_loss, p_loss, alpha=0.2)
 
 The hybrid alignment framework (HAF-RM, Liu et al. 2024, "HAF-RM: A Hybrid Alignment Framework for
@@ -11,7 +11,9 @@ the Bradley-Terry loss, and the LM's own policy head K scored by a preference-op
 
     L = -log σ(r(x, y_c) - r(x, y_r)) + α · L_policy,    α = 0.2, β = 0.1 in the paper.
 
-Shapes: B is the number of preference pairs. All "logps" are summed over response tokens.
+Shapes: B is the number of preference pairs. All "logps" are summed over response tokens. The
+defaults below are the only place α, β and SimPO's γ are written; configs, the objective and the
+readers of a run record take them from here.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ import torch.nn.functional as F
 
 Tensor = torch.Tensor
 Metrics = dict[str, Tensor]
+
+DEFAULT_ALPHA = 0.2  # weight of the policy loss in haf: the HAF-RM paper's value
+DEFAULT_BETA = 0.1  # β of the policy loss: the HAF-RM paper's, DPO's usual temperature
+DEFAULT_SIMPO_GAMMA = 0.5  # SimPO's target margin γ: TRL's CPOConfig default
+DEFAULT_POLICY_LOSS = "dpo"
 
 
 def reward_loss(
@@ -164,36 +171,48 @@ def needs_reference(name: str) -> bool:
     return POLICY_LOSSES[name][1]
 
 
-def implicit_rewards(name: str, logps: PolicyLogps, beta: float = 0.1, gamma: float = 0.5) -> tuple[Tensor, Tensor]:
+def _policy_loss_fn(name: str) -> PolicyLossFn:
+    if name not in POLICY_LOSSES:
+        raise ValueError(f"unknown policy loss {name!r}; choose from {sorted(POLICY_LOSSES)}")
+    return POLICY_LOSSES[name][0]
+
+
+def implicit_rewards(
+    name: str, logps: PolicyLogps, beta: float = DEFAULT_BETA, gamma: float = DEFAULT_SIMPO_GAMMA
+) -> tuple[Tensor, Tensor]:
     """The implicit reward of each response under policy loss `name`, [B] chosen and [B] rejected.
 
     The scores the loss itself compares: β·(log π - log π_ref) for the losses with a reference
-    (dpo, ipo, hinge); β·mean log π for simpo; mean log π for sft; β·log π for grm-sft and dpo-noref. Training logs, validation and
-    `hafrm eval` all read it from here.
+    (dpo, ipo, hinge); β·mean log π for simpo; mean log π for sft; β·log π for grm-sft and dpo-noref.
+    Training reads them from `policy_loss`, which returns them beside the loss; evaluation and
+    scoring, which need no loss, from here.
     """
-    if name not in POLICY_LOSSES:
-        raise ValueError(f"unknown policy loss {name!r}; choose from {sorted(POLICY_LOSSES)}")
-    _, chosen_scores, rejected_scores = POLICY_LOSSES[name][0](logps, beta, gamma)
+    _, chosen_scores, rejected_scores = _policy_loss_fn(name)(logps, beta, gamma)
     return chosen_scores, rejected_scores
 
 
-def policy_loss(name: str, logps: PolicyLogps, beta: float = 0.1, gamma: float = 0.5) -> tuple[Tensor, Metrics]:
-    """Mean policy loss `name` over the batch, with the implicit-reward metrics TRL users know."""
-    if name not in POLICY_LOSSES:
-        raise ValueError(f"unknown policy loss {name!r}; choose from {sorted(POLICY_LOSSES)}")
-    loss_fn, _ = POLICY_LOSSES[name]
-    losses, chosen_scores, rejected_scores = loss_fn(logps, beta, gamma)
+def policy_loss(
+    name: str, logps: PolicyLogps, beta: float = DEFAULT_BETA, gamma: float = DEFAULT_SIMPO_GAMMA
+) -> tuple[Tensor, Metrics, Tensor, Tensor]:
+    """-> (mean policy loss `name` over the batch, the implicit-reward metrics TRL users know, and the
+    detached implicit rewards of chosen and rejected, [B] each: the ones `implicit_rewards` gives).
+
+    One call computes the log-ratios once for the loss, its metrics and the per-pair scores (as
+    torchtune's `DPOLoss.forward` returns losses and detached rewards together).
+    """
+    losses, chosen_scores, rejected_scores = _policy_loss_fn(name)(logps, beta, gamma)
+    chosen_scores, rejected_scores = chosen_scores.detach(), rejected_scores.detach()
     metrics = {
         "implicit_accuracy": (chosen_scores > rejected_scores).float().mean(),
         "implicit_margin": (chosen_scores - rejected_scores).mean(),
         "implicit_rewards/chosen": chosen_scores.mean(),
         "implicit_rewards/rejected": rejected_scores.mean(),
-        "logps/chosen": logps.chosen_logps.mean(),
-        "logps/rejected": logps.rejected_logps.mean(),
+        "logps/chosen": logps.chosen_logps.detach().mean(),
+        "logps/rejected": logps.rejected_logps.detach().mean(),
     }
-    return losses.mean(), metrics
+    return losses.mean(), metrics, chosen_scores, rejected_scores
 
 
-def haf_loss(reward_part: Tensor, policy_part: Tensor, alpha: float = 0.2) -> Tensor:
+def haf_loss(reward_part: Tensor, policy_part: Tensor, alpha: float = DEFAULT_ALPHA) -> Tensor:
     """The hybrid objective L = L_reward + α · L_policy (α = 0 is a plain reward model)."""
     return reward_part + alpha * policy_part

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .masks import rows_attention_mask
+
 Tensor = torch.Tensor
 SCORE_HEAD = "score"
 # lm_head logits are built for at most this many response tokens at a time.
@@ -34,16 +36,6 @@ LOGIT_CHUNK = 1024
 # logits stay under this many elements (256 MiB) and gradient checkpointing is off; otherwise each
 # chunk is recomputed in backward, which bounds memory at the price of one more lm_head matmul.
 LOGIT_KEEP_ELEMENTS = 1 << 26
-# Packed or shared rows and padded ones may differ by float rounding (~1e-6 relative in fp32), no more;
-# in bf16 / fp16 weights rounding reaches ~1e-2, still far below what a mask that leaks gives (order 1).
-LAYOUT_TOLERANCE = 1e-3
-HALF_LAYOUT_TOLERANCE = 5e-2
-
-
-def layout_tolerance(model: nn.Module) -> float:
-    """How far a packed / shared / cached result may be from the padded one for this model's weights' dtype."""
-    dtype = next(model.parameters()).dtype
-    return LAYOUT_TOLERANCE if dtype in (torch.float32, torch.float64) else HALF_LAYOUT_TOLERANCE
 
 
 @dataclass
@@ -70,6 +62,38 @@ def unwrap(model: nn.Module) -> nn.Module:
 def trunk_of(causal_lm: nn.Module) -> nn.Module:
     """The transformer φ without its lm_head (`LlamaModel` inside `LlamaForCausalLM`, etc.)."""
     return getattr(causal_lm, causal_lm.base_model_prefix)
+
+
+def transformer_blocks(causal_lm: nn.Module) -> nn.ModuleList:
+    """The trunk's stack of blocks: the ModuleList as long as the config's layer count."""
+    n_layers = causal_lm.config.get_text_config().num_hidden_layers
+    trunk = trunk_of(causal_lm)
+    for module in trunk.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise ValueError(f"{type(trunk).__name__}: found no list of {n_layers} transformer blocks")
+
+
+class SkippedBlock(nn.Module):
+    """Stands in for a frozen block while stored states feed its output: hands the hidden states through."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+@contextlib.contextmanager
+def lower_blocks_skipped(model: nn.Module, n_frozen: int):
+    """The trunk with its first `n_frozen` blocks handing their input through (their output is given as inputs_embeds)."""
+    blocks = transformer_blocks(unwrap(model))
+    originals = [blocks[i] for i in range(n_frozen)]
+    skip = SkippedBlock()
+    try:
+        for i in range(n_frozen):
+            blocks[i] = skip
+        yield
+    finally:
+        for i, block in enumerate(originals):
+            blocks[i] = block
 
 
 def attach_score_head(causal_lm: nn.Module, pad_token_id: int, seed: int = 0) -> nn.Linear:
@@ -203,40 +227,6 @@ def response_logps(
     return sums.index_add(0, rows, token_logps), torch.bincount(rows, minlength=n_sequences)
 
 
-def _visible(group_ids: Tensor, segment_ids: Tensor, row, query, key) -> Tensor:
-    """The shared-rows rule: a token sees earlier tokens of its own unit that are in the shared prefix
-    (segment 0) or in its own segment, and padding (unit -1) sees itself only (no row of the mask is empty).
-    Indices broadcast: whole index grids for the dense mask, scalars inside FlexAttention's mask_mod."""
-    same_unit = (group_ids[row, query] == group_ids[row, key]) & (group_ids[row, query] >= 0)
-    segment = (segment_ids[row, key] == 0) | (segment_ids[row, query] == segment_ids[row, key])
-    return (same_unit & segment & (key <= query)) | (query == key)
-
-
-def shared_attention_mask(group_ids: Tensor, segment_ids: Tensor, dtype: torch.dtype) -> Tensor:
-    """[R, L] unit and segment ids of shared rows -> additive [R, 1, L, L] mask (0: may attend, dtype min: may not).
-
-    A member's reply sees the prompt and itself, never another member's reply (`_visible`). Works with
-    eager and SDPA attention.
-    """
-    rows, length = group_ids.shape
-    positions = torch.arange(length, device=group_ids.device)
-    row = torch.arange(rows, device=group_ids.device)[:, None, None]
-    allowed = _visible(group_ids, segment_ids, row, positions[None, :, None], positions[None, None, :])  # [R, L, L]
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=group_ids.device)
-    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
-
-
-def shared_block_mask(group_ids: Tensor, segment_ids: Tensor):
-    """The same rule (`_visible`) as a FlexAttention BlockMask, whose kernel skips masked blocks."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    def visible(row, _head, query, key):
-        return _visible(group_ids, segment_ids, row, query, key)
-
-    rows, length = group_ids.shape
-    return create_block_mask(visible, rows, None, length, length, device=group_ids.device)
-
-
 def _heads(causal_lm: nn.Module, hidden: Tensor, batch: dict, need_rewards: bool, need_logps: bool):
     # hidden: [N, T, H] last hidden states -> (rewards [N] | None, logps [N] | None, lengths [N] | None)
     rewards = logps = lengths = None
@@ -260,14 +250,6 @@ def _heads(causal_lm: nn.Module, hidden: Tensor, batch: dict, need_rewards: bool
     return rewards, logps, lengths
 
 
-def rows_attention_mask(causal_lm: nn.Module, batch: dict):
-    """The shared rows' mask in the form the model's attention takes: a BlockMask for FlexAttention, else dense."""
-    if getattr(causal_lm.config, "_attn_implementation", None) == "flex_attention":
-        return shared_block_mask(batch["group_ids"], batch["segment_ids"])
-    dtype = next(causal_lm.parameters()).dtype
-    return shared_attention_mask(batch["group_ids"], batch["segment_ids"], dtype)
-
-
 def forward_rows(model: nn.Module, batch: dict, need_rewards: bool, need_logps: bool):
     """One trunk pass over N rows -> (rewards [N] or None, response logps [N] or None, lengths [N] or None).
 
@@ -286,22 +268,7 @@ def forward_rows(model: nn.Module, batch: dict, need_rewards: bool, need_logps: 
     causal LM returns the heads' results as the model's output, so DDP sees every tensor the loss uses.
     """
     causal_lm = unwrap(model)
-    results: list[tuple] = []
-
-    def run_heads(_trunk, _args, output):
-        results.append(_heads(causal_lm, output.last_hidden_state, batch, need_rewards, need_logps))
-        output.last_hidden_state = output.last_hidden_state[:, :0]  # the model's own logits: [N, 0, vocab]
-        return output
-
-    def heads_as_output(_module, _args, _output):
-        return results[-1]
-
-    hooks = [
-        trunk_of(causal_lm).register_forward_hook(run_heads),
-        # prepend: the heads' results are the output that a wrapper's own post-forward hook sees (FSDP2's
-        # registers its pre-backward hooks on it; appended, they would land on the empty logits instead)
-        causal_lm.register_forward_hook(heads_as_output, prepend=True),
-    ]
+    # 1. The rows' inputs: the mask that keeps sequences apart, and where the trunk starts.
     if "segment_ids" in batch:  # shared rows: the mask keeps each unit's replies apart
         attention_mask, position_ids = rows_attention_mask(causal_lm, batch), batch["position_ids"]
     elif "sequence_ends" in batch:  # packed rows: restarting positions are the mask
@@ -311,11 +278,29 @@ def forward_rows(model: nn.Module, batch: dict, need_rewards: bool, need_logps: 
     inputs = {"input_ids": batch["input_ids"]}
     skipped = contextlib.nullcontext()
     if "frozen_states" in batch:  # `--finetune freeze` with the frozen-prefix cache: start at the first trained block
-        from .prefix_cache import lower_blocks_skipped
-
         dtype = causal_lm.get_input_embeddings().weight.dtype
         inputs = {"inputs_embeds": batch["frozen_states"].to(dtype)}
         skipped = lower_blocks_skipped(causal_lm, int(batch["frozen_blocks"]))
+
+    # 2. The trunk φ runs, then the heads F and K read its last hidden states (`_heads`), inside the model's
+    # own forward: a hook is the only place between the trunk and lm_head that every wrapper runs.
+    results: list[tuple] = []
+
+    def run_heads(_trunk, _args, output):
+        results.append(_heads(causal_lm, output.last_hidden_state, batch, need_rewards, need_logps))
+        output.last_hidden_state = output.last_hidden_state[:, :0]  # the model's own logits: [N, 0, vocab]
+        return output
+
+    def heads_as_output(_module, _args, _output):  # the heads' results are what the wrapper returns
+        return results[-1]
+
+    hooks = [
+        trunk_of(causal_lm).register_forward_hook(run_heads),
+        # prepend: the heads' results are the output that a wrapper's own post-forward hook sees (FSDP2's
+        # registers its pre-backward hooks on it; appended, they would land on the empty logits instead)
+        causal_lm.register_forward_hook(heads_as_output, prepend=True),
+    ]
+    # 3. One call through whatever wraps the model -> (rewards, logps, lengths).
     try:
         with skipped:
             return model(**inputs, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
@@ -335,172 +320,3 @@ def hybrid_forward(model: nn.Module, batch: dict, need_rewards: bool, need_logps
         out.chosen_logps, out.rejected_logps = logps[:n_pairs], logps[n_pairs:]
         out.chosen_lengths, out.rejected_lengths = lengths[:n_pairs], lengths[n_pairs:]
     return out
-
-
-@torch.no_grad()
-def packing_error(model: nn.Module, chosen: list[int], rejected: list[int], prompt_length: int, **heads) -> float:
-    """Largest relative difference between the heads' outputs on two sequences padded and packed into one row.
-
-    ~1e-6 when the model's attention keeps packed sequences apart; far larger when the second
-    sequence attends to the first (an architecture whose mask ignores restarting positions).
-    `heads`: need_rewards / need_logps, as the method uses them.
-    """
-    from .data.collator import pack_rows
-
-    def one_row(sequences, prompts, pad):
-        return pack_rows(sequences, prompts, pad, width=sum(len(ids) for ids in sequences))
-
-    return _layout_error(model, [chosen, rejected], [prompt_length] * 2, one_row, heads)
-
-
-@torch.no_grad()
-def sharing_error(model: nn.Module, chosen: list[int], rejected: list[int], prompt_length: int, **heads) -> float:
-    """Largest relative difference between the heads' outputs on a pair padded and run with its prompt shared.
-
-    ~1e-6 when the model's attention takes the shared-rows mask; far larger when it ignores it (the
-    rejected reply then sees the chosen one), or where an attention kernel cannot take such a mask.
-    """
-    from .data.collator import lay_out_rows
-
-    def shared(sequences, prompts, pad):
-        return lay_out_rows(sequences, prompts, [[0, 1]], pad)
-
-    return _layout_error(model, [chosen, rejected], [prompt_length] * 2, shared, heads)
-
-
-def _layout_error(model, sequences, prompts, lay_out, heads) -> float:
-    from .data.collator import pad_rows
-
-    was_training = model.training
-    model.eval()
-    pad = unwrap(model).config.pad_token_id
-    device = next(model.parameters()).device
-    try:
-        padded = forward_rows(model, _to(pad_rows(sequences, prompts, pad, "right"), device), **heads)
-        laid_out = forward_rows(model, _to(lay_out(sequences, prompts, pad), device), **heads)
-    finally:
-        model.train(was_training)
-    errors = [((a - b).abs() / (1 + b.abs())).max().item() for a, b in zip(laid_out[:2], padded[:2]) if a is not None]
-    return max(errors)
-
-
-def _to(batch: dict, device) -> dict:
-    return {key: value.to(device) for key, value in batch.items()}
-
-
-# A unit of shared-prompt sequences in scoring holds at most this many tokens (or its longest member).
-SHARED_UNIT_TOKENS = 4096
-
-
-def prompt_groups(sequences: list[list[int]], prompt_lengths: list[int], max_tokens: int = SHARED_UNIT_TOKENS):
-    """Sequences with the same prompt tokens, in groups of at most `max_tokens` with the prompt counted once.
-
-    -> groups of indices (input order within each); a sequence with no prompt is a group of its own.
-    """
-    by_prompt: dict[tuple, list[int]] = {}
-    for i, (ids, prompt_length) in enumerate(zip(sequences, prompt_lengths)):
-        key = tuple(ids[:prompt_length]) if prompt_length else ("alone", i)
-        by_prompt.setdefault(key, []).append(i)
-    groups = []
-    for key, members in by_prompt.items():
-        prompt = len(key) if key[0] != "alone" else 0
-        group, size = [], prompt
-        for i in members:
-            own = len(sequences[i]) - prompt
-            if group and size + own > max(max_tokens, len(sequences[i])):
-                groups.append(group)
-                group, size = [], prompt
-            group.append(i)
-            size += own
-        groups.append(group)
-    return groups
-
-
-def sharing_holds(model: nn.Module, sequences, prompt_lengths, groups, **heads) -> bool:
-    """Whether this model scores shared-prompt rows as padded ones (checked once per model, on one group)."""
-    causal_lm = unwrap(model)
-    verdict = getattr(causal_lm, "_hafrm_sharing_holds", None)
-    if verdict is None:
-        group = next(g for g in groups if len(g) > 1)
-        first, second = (sequences[i] for i in group[:2])
-        try:
-            verdict = sharing_error(
-                model, first, second, min(prompt_lengths[i] for i in group[:2]), **heads
-            ) <= layout_tolerance(model)
-        except Exception:  # an attention kernel that cannot take the mask
-            verdict = False
-        if not verdict:
-            print(
-                f"note: prompt sharing off: {type(causal_lm).__name__} does not score shared-prompt rows as padded ones"
-            )
-        causal_lm._hafrm_sharing_holds = verdict
-    return verdict
-
-
-@torch.no_grad()
-def score_sequences(
-    model: nn.Module,
-    sequences: list[list[int]],
-    prompt_lengths: list[int],
-    rows: int,
-    pad_token_id: int,
-    padding_side: str = "right",
-    need_rewards: bool = True,
-    need_logps: bool = False,
-    desc: str = "scoring",
-    share_prompts: bool = True,
-    frozen=None,
-) -> dict[str, Tensor]:
-    """Rewards, response log-probs and response lengths of N token sequences, in input order, CPU [N].
-
-    Sequences run longest first, about `rows` per forward pass, so each batch pads only to lengths
-    near its own. With `share_prompts`, sequences that start with the same prompt tokens (the chosen and
-    rejected replies of a pair, N best-of-N samples) are one unit whose prompt runs once
-    (`data.collator.lay_out_rows`), after a check that the model's attention takes the mask (else a note
-    and padded rows). `frozen` (a `prefix_cache.StoredFrozenStates` of these sequences) feeds the frozen
-    lower blocks' stored output to the first trained block, so only the top of the trunk runs.
-    """
-    from tqdm.auto import tqdm
-
-    from .data.collator import lay_out_rows, pad_rows
-
-    device = next(model.parameters()).device
-    heads = {"need_rewards": need_rewards, "need_logps": need_logps}
-    groups = prompt_groups(sequences, prompt_lengths) if share_prompts else [[i] for i in range(len(sequences))]
-    if not any(len(group) > 1 for group in groups) or not sharing_holds(
-        model, sequences, prompt_lengths, groups, **heads
-    ):
-        groups = [[i] for i in range(len(sequences))]
-    size = {id(g): sum(len(sequences[i]) for i in g) - (len(g) - 1) * min(prompt_lengths[i] for i in g) for g in groups}
-    groups.sort(key=lambda g: -size[id(g)])
-    batches, batch_groups, count = [], [], 0
-    for group in groups:  # about `rows` sequences per pass
-        batch_groups.append(group)
-        count += len(group)
-        if count >= rows:
-            batches.append(batch_groups)
-            batch_groups, count = [], 0
-    if batch_groups:
-        batches.append(batch_groups)
-    collected: dict[str, list[Tensor]] = {}
-    order: list[int] = []
-    for batch_groups in tqdm(batches, desc=desc, unit="batch", disable=len(batches) <= 1):
-        members = [i for group in batch_groups for i in group]
-        ids, prompts = [sequences[i] for i in members], [prompt_lengths[i] for i in members]
-        if any(len(group) > 1 for group in batch_groups):
-            local, groups_here = iter(range(len(members))), []
-            for group in batch_groups:
-                groups_here.append([next(local) for _ in group])
-            batch = lay_out_rows(ids, prompts, groups_here, pad_token_id, pack=False)
-        else:
-            batch = pad_rows(ids, prompts, pad_token_id, padding_side)
-        if frozen is not None:
-            batch = frozen.gather(members, batch)
-        outputs = forward_rows(model, _to(batch, device), need_rewards, need_logps)
-        order.extend(members)
-        for name, values in zip(("rewards", "logps", "lengths"), outputs):
-            if values is not None:
-                collected.setdefault(name, []).append(values.float().cpu())
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
-    return {name: torch.cat(parts)[inverse] for name, parts in collected.items()}

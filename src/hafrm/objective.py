@@ -13,7 +13,17 @@ from dataclasses import dataclass
 
 import torch
 
-from .losses import PolicyLogps, haf_loss, implicit_rewards, needs_reference, policy_loss, reward_loss
+from .losses import (
+    DEFAULT_ALPHA,
+    DEFAULT_BETA,
+    DEFAULT_POLICY_LOSS,
+    DEFAULT_SIMPO_GAMMA,
+    PolicyLogps,
+    haf_loss,
+    needs_reference,
+    policy_loss,
+    reward_loss,
+)
 from .model import hybrid_forward
 from .reference import adapters_disabled
 
@@ -24,10 +34,10 @@ METHODS = {"rm": (True, False), "dpo": (False, True), "haf": (True, True)}
 @dataclass
 class Objective:
     method: str = "haf"
-    alpha: float = 0.2
-    beta: float = 0.1
-    policy_loss: str = "dpo"
-    simpo_gamma: float = 0.5
+    alpha: float = DEFAULT_ALPHA
+    beta: float = DEFAULT_BETA
+    policy_loss: str = DEFAULT_POLICY_LOSS
+    simpo_gamma: float = DEFAULT_SIMPO_GAMMA
     center_rewards_coef: float = 0.0
     reference: str = "cache"  # or "adapters": computed each step with LoRA disabled
 
@@ -71,10 +81,11 @@ class Objective:
             logps = PolicyLogps(
                 out.chosen_logps, out.rejected_logps, out.chosen_lengths, out.rejected_lengths, ref_chosen, ref_rejected
             )
-            p_loss, p_metrics = policy_loss(self.policy_loss, logps, self.beta, self.simpo_gamma)
+            p_loss, p_metrics, implicit_chosen, implicit_rejected = policy_loss(
+                self.policy_loss, logps, self.beta, self.simpo_gamma
+            )
             metrics.update(p_metrics, policy_loss=p_loss)
-            implicit = implicit_rewards(self.policy_loss, logps, self.beta, self.simpo_gamma)
-            scores.update(implicit_chosen=implicit[0], implicit_rejected=implicit[1])
+            scores.update(implicit_chosen=implicit_chosen, implicit_rejected=implicit_rejected)
             loss = p_loss if loss is None else haf_loss(loss, p_loss, self.alpha)
         if not self.uses_reward_head:  # dpo: the method's reward is the implicit one
             scores.update(chosen=scores["implicit_chosen"], rejected=scores["implicit_rejected"])

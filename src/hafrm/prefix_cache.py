@@ -25,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from .model import forward_rows, position_ids_from_mask, trunk_of, unwrap
+from .model import forward_rows, position_ids_from_mask, transformer_blocks, unwrap
 
 CACHE_FILE = "frozen-prefix.f32"
 STORE_VERSION = 1  # bump when what a stored file holds, or how it is computed, changes
@@ -42,34 +41,6 @@ RAM_SHARE = 0.25
 
 class _StopAfterLastFrozenBlock(Exception):
     pass
-
-
-class SkippedBlock(nn.Module):
-    """Stands in for a frozen block while the cache feeds its output: hands the hidden states through."""
-
-    def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
-
-
-def transformer_blocks(causal_lm: nn.Module) -> nn.ModuleList:
-    from .finetune import transformer_blocks as find
-
-    return find(trunk_of(causal_lm), causal_lm.config.get_text_config().num_hidden_layers)
-
-
-@contextlib.contextmanager
-def lower_blocks_skipped(model: nn.Module, n_frozen: int):
-    """The trunk with its first `n_frozen` blocks handing their input through (their output comes from the cache)."""
-    blocks = transformer_blocks(unwrap(model))
-    originals = [blocks[i] for i in range(n_frozen)]
-    skip = SkippedBlock()
-    try:
-        for i in range(n_frozen):
-            blocks[i] = skip
-        yield
-    finally:
-        for i, block in enumerate(originals):
-            blocks[i] = block
 
 
 class FrozenPrefixCache:

@@ -26,7 +26,8 @@ from .config import (
     TrainConfig,
 )
 from .default_model import ALIASES
-from .validation import ConfigError
+from .fields import ConfigError
+from .runrecord import RUN_RECORD, has_run_record
 
 HUB_TIMEOUT_S = 5.0  # a reachable hub answers in well under a second; an unreachable one must not stall a check
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -135,13 +136,11 @@ def hub_problem(flag: str, repo_id: str) -> str | None:
 
 def check_run_dir(flag: str, value: str) -> None:
     """A hafrm output directory (what `hafrm train --output-dir` wrote), read by eval, score and export."""
-    from .checkpoint import HAFRM_CONFIG
-
     path = Path(value)
     if not path.is_dir():
         raise ConfigError(f"{flag} {value}: no such directory (a hafrm output directory, as hafrm train writes)")
-    if not (path / HAFRM_CONFIG).is_file():
-        raise ConfigError(f"{flag} {value}: not a hafrm output directory (no {HAFRM_CONFIG})")
+    if not has_run_record(path):
+        raise ConfigError(f"{flag} {value}: not a hafrm output directory (no {RUN_RECORD})")
 
 
 def check_data(flag: str, text: str) -> None:

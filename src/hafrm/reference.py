@@ -80,73 +80,96 @@ def compute_reference_logps(model, dataset, collator, batch_size: int) -> tuple[
     return torch.cat(chosen), torch.cat(rejected)
 
 
-CACHE_VERSION = 2  # bump when what a cache file holds, or how it is computed, changes
+CACHE_VERSION = 3  # bump when what a cache file holds, or how it is computed, changes
 
 
-def _tensor_digest(chosen: torch.Tensor, rejected: torch.Tensor) -> str:
-    return hashlib.sha256(chosen.numpy().tobytes() + rejected.numpy().tobytes()).hexdigest()
+def sequences_fingerprint(sequences: list[list[int]], prompt_lengths: list[int]) -> str:
+    digest = hashlib.sha256()
+    for ids, prompt_length in zip(sequences, prompt_lengths):
+        digest.update(f"{prompt_length}:{','.join(map(str, ids))};".encode())
+    return digest.hexdigest()[:16]
 
 
-def read_cache(path, rows: int, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """A cache file's log-probs when it is whole and what was asked for; a one-line note and None otherwise."""
+def _tensor_digest(logps: torch.Tensor) -> str:
+    return hashlib.sha256(logps.numpy().tobytes()).hexdigest()
+
+
+def read_cache(path, rows: int, key: str) -> torch.Tensor | None:
+    """A cache file's log-probs [rows] when it is whole and what was asked for; a one-line note and None otherwise."""
     try:
         cached = torch.load(path, weights_only=True)
-        chosen, rejected = cached["chosen"], cached["rejected"]
+        logps = cached["logps"]
         problem = None
         if cached.get("key") != key:
             problem = "it was written for another model, data or settings"
-        elif chosen.shape != (rows,) or rejected.shape != (rows,):
-            problem = f"it holds {tuple(chosen.shape)} log-probs for {rows} pairs"
-        elif cached.get("sha256") != _tensor_digest(chosen, rejected):
+        elif logps.shape != (rows,):
+            problem = f"it holds {tuple(logps.shape)} log-probs for {rows} sequences"
+        elif cached.get("sha256") != _tensor_digest(logps):
             problem = "its checksum does not match"
-        elif not (torch.isfinite(chosen).all() and torch.isfinite(rejected).all()):
+        elif not torch.isfinite(logps).all():
             problem = "it holds non-finite log-probs"
     except Exception as error:  # a truncated or foreign file: torch.load raises many types
         problem = f"it cannot be read ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
     if problem:
         print(f"note: reference cache {path} is unusable ({problem}); recomputing it")
         return None
-    return chosen, rejected
+    return logps
 
 
-def write_cache(path, chosen: torch.Tensor, rejected: torch.Tensor, key: str) -> None:
+def write_cache(path, logps: torch.Tensor, key: str) -> None:
     """Write through a temporary file and a rename; a failed write (full disk) warns and keeps the values."""
     partial = path.with_name(f".{path.name}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"chosen": chosen, "rejected": rejected, "key": key, "sha256": _tensor_digest(chosen, rejected)}
-        torch.save(payload, partial)
+        torch.save({"logps": logps, "key": key, "sha256": _tensor_digest(logps)}, partial)
         partial.replace(path)
     except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
         partial.unlink(missing_ok=True)
-        print(f"warning: could not write the reference cache {path} ({error}); training goes on without caching it")
+        print(f"warning: could not write the reference cache {path} ({error}); going on without caching it")
 
 
-def reference_key(model, dataset) -> str:
+def reference_key(model, sequences: list[list[int]], prompt_lengths: list[int]) -> str:
     """What the log-probs depend on: the weights, the token ids, the dtype, and how hafrm computes them."""
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    return f"{model_fingerprint(model)}-{dataset_fingerprint(dataset)}-{dtype}-v{CACHE_VERSION}"
+    return f"{model_fingerprint(model)}-{sequences_fingerprint(sequences, prompt_lengths)}-{dtype}-v{CACHE_VERSION}"
+
+
+def cached_reference_logps(model, sequences, prompt_lengths, compute, use_cache: bool = True) -> torch.Tensor:
+    """log π_ref of each sequence's response [N], from the one disk cache when it is whole, else `compute()`.
+
+    The one place reference log-probs are kept: training's pairs, `hafrm eval`'s pairs and every
+    implicit reward `hafrm.scoring` reads (best-of-N, rlhf, score) go through it, keyed by the weights and
+    the token ids, so a second reader of the same base and texts reuses the pass.
+    """
+    key = reference_key(model, sequences, prompt_lengths)
+    path = cache_root() / "reference" / f"{key}.pt"
+    cached = read_cache(path, len(sequences), key) if use_cache and path.is_file() else None
+    if cached is not None:
+        logger.info("reusing reference log-probs from %s", path)
+        return cached
+    logps = compute().float().cpu()
+    if use_cache:
+        write_cache(path, logps, key)
+    return logps
 
 
 def add_reference_logps(model, dataset, collator, batch_size: int, use_cache: bool = True, compute=None):
-    """`dataset` with `ref_chosen_logps` / `ref_rejected_logps` columns, from the disk cache when it is whole.
+    """`dataset` with `ref_chosen_logps` / `ref_rejected_logps` columns, through `cached_reference_logps`.
 
     `compute(model, dataset)` -> (chosen, rejected) replaces the collator's pass where the caller has a
     cheaper exact one (evaluation from stored frozen-block states).
     """
-    key = reference_key(model, dataset)
-    path = cache_root() / "reference" / f"{key}.pt"
-    cached = read_cache(path, len(dataset), key) if use_cache and path.is_file() else None
-    if cached is not None:
-        logger.info("reusing reference log-probs from %s", path)
-        chosen, rejected = cached
-    else:
+    from .data.tokenize import pair_sequences
+
+    sequences, prompt_lengths = pair_sequences(dataset)
+
+    def pass_over_pairs():
         if compute is not None:
-            chosen, rejected = compute(model, dataset)
-        else:
-            chosen, rejected = compute_reference_logps(model, dataset, collator, batch_size)
-        if use_cache:
-            write_cache(path, chosen, rejected, key)
+            return torch.cat(compute(model, dataset))
+        return torch.cat(compute_reference_logps(model, dataset, collator, batch_size))
+
+    logps = cached_reference_logps(model, sequences, prompt_lengths, pass_over_pairs, use_cache)
+    chosen, rejected = logps[: len(dataset)], logps[len(dataset) :]
     dataset = dataset.remove_columns(
         [c for c in ("ref_chosen_logps", "ref_rejected_logps") if c in dataset.column_names]
     )

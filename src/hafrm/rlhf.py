@@ -3,8 +3,8 @@
     hafrm rlhf --reward runs/haf --prompts builtin:train --max-steps 50 --eval-steps 10 --output-dir runs/rlhf-haf
     hafrm rlhf --compare runs/rlhf-haf runs/rlhf-rm --output-dir runs/haf-vs-rm    # win rate over steps
 
-The reward is the run's SequenceClassification view, read as `hafrm score` reads it (`RewardModel`),
-normalised with the mean / std that `hafrm train` stored (`--no-normalize` for the raw score). TRL
+The reward is the run's reward as every hafrm command reads it (`scoring.RewardModel`: the reward head,
+a dpo run's implicit reward, or a 1-label classifier), normalised with the mean / std that `hafrm train` stored (`--no-normalize` for the raw score). TRL
 does the rest: sampling `--num-generations` completions per prompt, group-relative (GRPO) or
 leave-one-out (RLOO) advantages, and a KL penalty of weight `--beta` to the initial policy (the LoRA
 model with its adapters off, or a frozen copy). Every `--eval-steps` steps (and before the first) the
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .config import RlhfConfig
 from .devices import on_cpu
+from .scoring import RewardModel, reward_kind
 
 EVAL_DIR, CURVE = "eval", "curve.jsonl"
 
@@ -34,24 +35,24 @@ class RewardFunction:
     """TRL's reward-function interface over a hafrm reward model: (prompts, completions) -> one float each."""
 
     def __init__(self, directory: str, normalize: bool, max_length: int | None = None, batch_size: int = 16):
-        from .rewards import RewardModel
-
         self.model = RewardModel(directory, max_length, batch_size)
-        if self.model.kind == "implicit reward":
-            raise ValueError(
-                f"--reward {directory}: a {self.model.run['method']} run has no reward head (no SequenceClassification "
-                "view) to serve as a reward function; train rm or haf"
-            )
+        self.model.keep_reference_loaded = True  # a dpo run's implicit reward: its base stays loaded between steps
+        # loaded now, not at the first step: a load draws from the global RNG, which a resumed run must find as it was
+        self.model.load()
         self.normalize = normalize and self.model.mean is not None and bool(self.model.std)
         if normalize and not self.normalize:
             print(f"note: {directory} stores no reward mean / std; the raw reward is used")
         self.__name__ = f"reward {Path(directory).name}"  # TRL logs each reward function under its name
+        self.scored = self.truncated = 0  # items scored and items cut to max_length, over the run
 
     def __call__(self, prompts: list, completions: list, **_) -> list[float]:
         items = [
             (prompt, _completion_text(completion)) for prompt, completion in zip(prompts, completions, strict=True)
         ]
-        return self.model.score(items, normalize=self.normalize, desc="rewards")
+        values = self.model.score(items, normalize=self.normalize, desc="rewards")
+        self.scored += len(items)
+        self.truncated += self.model.truncated
+        return values
 
 
 def _completion_text(completion) -> str:
@@ -97,8 +98,8 @@ class PolicyEvaluation:
     def __call__(self, model, tokenizer, step: int) -> dict | None:
         import torch
 
-        from .bon import prompt_ids
         from .data.collator import pad_rows
+        from .sampling import prompt_ids
         from .selection import mean_interval
 
         if step in self.done_steps():
@@ -169,7 +170,7 @@ def _policy(cfg: RlhfConfig):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .bon import policy_tokenizer
+    from .sampling import policy_tokenizer
 
     path, tokenizer = policy_tokenizer(cfg.policy)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
@@ -222,8 +223,6 @@ def trainer_arguments(cfg: RlhfConfig):
 
 
 def check_settings(cfg: RlhfConfig) -> None:
-    from .rewards import reward_kind
-
     if not cfg.reward:
         raise ValueError("--reward DIR is required: the reward model the policy is trained against")
     reward_kind(cfg.reward)
@@ -239,8 +238,7 @@ def run_rlhf(cfg: RlhfConfig) -> list[dict]:
     """Train (or resume) a policy; -> the evaluation curve."""
     import datasets
 
-    from .bon import read_prompts
-    from .rewards import RewardModel
+    from .sampling import read_prompts
 
     if cfg.compare:
         return compare(cfg.compare, cfg.output_dir)
@@ -252,7 +250,7 @@ def run_rlhf(cfg: RlhfConfig) -> list[dict]:
     prompts = read_prompts(cfg.prompts, cfg.limit)
     eval_prompts = read_prompts(cfg.eval_prompts, cfg.eval_limit)
     reward = RewardFunction(cfg.reward, cfg.normalize, cfg.max_length)
-    gold = RewardModel(cfg.gold_reward, cfg.max_length) if cfg.gold_reward else None
+    gold = RewardModel(cfg.gold_reward, cfg.max_length).load() if cfg.gold_reward else None
     evaluation = PolicyEvaluation(cfg, eval_prompts, gold)
     if not evaluation.oracle and gold is None:
         raise ValueError(f"--eval-prompts {cfg.eval_prompts}: the oracle cannot grade them; give --gold-reward DIR")
@@ -275,6 +273,9 @@ def run_rlhf(cfg: RlhfConfig) -> list[dict]:
     if resume:
         print(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
+    if reward.truncated:
+        print(f"note: {reward.truncated} of {reward.scored} completions scored exceed {reward.model.max_length} tokens "
+              "and were cut as training cuts them")  # fmt: skip
     trainer.save_model(cfg.output_dir)
     tokenizer.save_pretrained(cfg.output_dir)
     curve = read_curve(directory)
@@ -356,83 +357,3 @@ def compare(directories: list[str], output_dir: str | None = None) -> list[dict]
         plots.curve_plot(series, out / "win-rate.png", f"Oracle win rate of {a.name} over {b.name}",
                          "training step", "win rate (ties count half)", reference=0.5, reference_label="even (0.5)")  # fmt: skip
     return points
-
-
-# ---------------------------------------------------------------- the rlhf-builtin experiment
-
-
-def experiment_rlhf_config(spec, reward: str, output_dir: Path) -> RlhfConfig:
-    """The experiment's `rlhf:` block as the RlhfConfig of one policy, trained against `reward`."""
-    known = {f.name for f in dataclasses.fields(RlhfConfig)}
-    unknown = sorted(set(spec.rlhf) - known)
-    if unknown:
-        raise ValueError(f"experiment {spec.name!r}: unknown rlhf field(s) {unknown}; valid: {sorted(known)}")
-    values = {"policy": spec.base.get("model", RlhfConfig.policy), **spec.rlhf, "reward": reward}
-    values["output_dir"] = str(output_dir)
-    if any(output_dir.glob("checkpoint-*")) and not (output_dir / "rlhf.json").is_file():
-        values["resume"] = "last"
-    return RlhfConfig(**values)
-
-
-def run_rlhf_experiment(spec, config_path: Path) -> dict:
-    """Train the reward models, one policy per reward model and seed at the same settings, compare them step by step."""
-    import yaml
-
-    from . import plots
-    from .experiment import train_all
-
-    rewards = train_all(spec)
-    output = Path(spec.output_dir)
-    policies = {}
-    for label, directory in rewards.items():
-        policy_dir = output / "policies" / label.replace("/", "-")
-        print(f"\n=== {spec.name}: policy trained against {label}")
-        run_rlhf(experiment_rlhf_config(spec, str(directory), policy_dir))
-        policies[label] = policy_dir
-    curves = {label: read_curve(directory) for label, directory in policies.items()}
-    runs = list(spec.runs)
-    matches = {}
-    for seed in spec.seeds:
-        for i, a in enumerate(runs):
-            for b in runs[i + 1 :]:
-                pair = (policies[f"{a}/seed{seed}"], policies[f"{b}/seed{seed}"])
-                matches[f"{a} vs {b}, seed {seed}"] = compare(
-                    [str(p) for p in pair], str(output / "compare" / f"{a}-vs-{b}-seed{seed}")
-                )
-    summary = {"curves": curves, "head_to_head": matches}
-    (output / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    cfg = experiment_rlhf_config(spec, "REWARD", output / "policies")
-    steps = sorted({point["step"] for curve in curves.values() for point in curve})
-    lines = [f"# {spec.name}", "", spec.description.strip(), "",
-             f"Policy `{cfg.policy}` ({cfg.finetune}), {cfg.algorithm.upper()}, {cfg.max_steps} steps of {cfg.batch_size} "
-             f"prompts x {cfg.num_generations} completions (temperature {cfg.temperature}, at most {cfg.max_new_tokens} "
-             f"tokens), KL β {cfg.beta}, lr {cfg.lr}, rewards normalised: {cfg.normalize}. Held out: the first "
-             f"{cfg.eval_limit} prompts of {cfg.eval_prompts}, answered greedily.", "",
-             "Mean oracle score of the held-out answers (fraction of constraints met) [95% interval]:", "",
-             "| policy trained against | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]  # fmt: skip
-    for label, curve in curves.items():
-        by_step = {p["step"]: p for p in curve}
-        cells = []
-        for step in steps:
-            point = by_step.get(step, {}).get("oracle")
-            cells.append(f"{point['mean']:.3f} [{point['ci95'][0]:.3f}, {point['ci95'][1]:.3f}]" if point else "—")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    for name, points in matches.items():
-        lines += ["", f"Oracle win rate, {name} (ties count half):", "",
-                  "| step | wins / ties / losses | win rate [95%] |", "|---|---|---|"]  # fmt: skip
-        for p in points:
-            lines.append(f"| {p['step']} | {p['wins']} / {p['ties']} / {p['losses']} | {p['win_rate']:.3f} "
-                         f"[{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] |")  # fmt: skip
-    lines += ["", "## Budget and command", "", f"`hafrm experiment {config_path}`", "", "```yaml",
-              yaml.safe_dump({"base": spec.base, "runs": spec.runs, "seeds": spec.seeds, "rlhf": spec.rlhf},
-                             sort_keys=False).rstrip(), "```"]  # fmt: skip
-    (output / "results.md").write_text("\n".join(lines) + "\n")
-    series = {label: [(p["step"], p["oracle"]["mean"], p["oracle"]["ci95"]) for p in curve if "oracle" in p]
-              for label, curve in curves.items()}  # fmt: skip
-    plots.curve_plot(series, output / "oracle-curve.png", f"{spec.name}: held-out oracle score of the policy",
-                     "training step", "mean oracle score (greedy answers)")  # fmt: skip
-    wins = {name: [(p["step"], p["win_rate"], p["ci95"]) for p in points] for name, points in matches.items()}
-    plots.curve_plot(wins, output / "win-rate.png", f"{spec.name}: oracle win rate over steps", "training step",
-                     "win rate (ties count half)", reference=0.5, reference_label="even (0.5)")  # fmt: skip
-    print((output / "results.md").read_text())
-    return summary

@@ -1,18 +1,20 @@
-"""One output directory, one run: the lock, the run's identity, and which checkpoints are complete.
+"""One output directory, one run: the lock, the run's record, and which checkpoints are complete.
 
     from hafrm.rundir import RunDirectory
     with RunDirectory(cfg.output_dir).hold():                    # a second run there fails at once
         run_dir.prepare(resume=cfg.resume, overwrite=cfg.overwrite)
         start = run_dir.resume_point(cfg.resume)                 # newest complete checkpoint, or None
-        run_dir.check_same_run(identity, start)                  # --resume with changed data or flags stops
+        run_dir.check_same_run(record, start)                    # --resume with changed data or flags stops
 
 Layout of an output directory:
     .hafrm.lock               flock-ed while a run trains (holds the holder's pid, host and start time)
-    hafrm-run.json            written when a run starts: its identity (settings and data fingerprints)
-    checkpoint-N/             Trainer checkpoints; `hafrm-checkpoint.json` inside, written last, lists
-                              every file's size and sha256: a checkpoint without it is incomplete
+    hafrm-run.json            written when a run starts: its run record (settings and data fingerprints)
+    checkpoint-N/             Trainer checkpoints with their run record; `hafrm-checkpoint.json` inside,
+                              written last, lists every file's size and sha256: without it, incomplete
     discarded/checkpoint-N/   incomplete or corrupt checkpoints moved aside by --resume
-    hafrm.json ...            the final model, hafrm.json written last (present: the run finished)
+    hafrm.json ...            the final model, its run record written last (present: the run finished)
+
+The run record's fields, and its one writer and reader, are `hafrm.runrecord`'s.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .runrecord import RUN_RECORD, atomic_write_text, has_run_record, read_run_record, write_run_record
+
 LOCK_FILE = ".hafrm.lock"
 RUN_FILE = "hafrm-run.json"
-FINAL_FILE = "hafrm.json"
 CHECKPOINT_MANIFEST = "hafrm-checkpoint.json"
 DISCARDED = "discarded"
 # Settings that do not change the numbers a run produces: free to change on --resume.
@@ -70,14 +73,6 @@ class RunDirectoryError(ValueError):
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (a full disk, a lost mount); the earlier ones are untouched."""
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a temporary sibling and a rename: readers see the old or the new file."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def file_sha256(path: Path) -> str:
@@ -164,11 +159,12 @@ class RunDirectory:
         return sorted(found, key=checkpoint_step)
 
     def recorded_run(self) -> dict | None:
-        """The identity of the run this directory holds (final, started or checkpointed), or None."""
-        for path in [self.path / FINAL_FILE, self.path / RUN_FILE] + [c / FINAL_FILE for c in self.checkpoints()[::-1]]:
-            if path.is_file():
+        """The run record of the run this directory holds (final, started or checkpointed), or None."""
+        places = [(self.path, RUN_RECORD), (self.path, RUN_FILE)] + [(c, RUN_RECORD) for c in self.checkpoints()[::-1]]
+        for directory, name in places:
+            if (directory / name).is_file():
                 try:
-                    return json.loads(path.read_text())
+                    return read_run_record(directory, name, fill_in=False)
                 except ValueError:
                     continue
         return {} if self.checkpoints() else None
@@ -177,7 +173,7 @@ class RunDirectory:
         run = self.recorded_run() or {}
         what = f"a {run['method']} run" if "method" in run else "a run"
         checkpoints = self.checkpoints()
-        state = "finished" if (self.path / FINAL_FILE).is_file() else "unfinished"
+        state = "finished" if has_run_record(self.path) else "unfinished"
         if checkpoints:
             state += f", {len(checkpoints)} checkpoint(s), newest {checkpoints[-1].name}"
         return f"{what} ({state})"
@@ -236,15 +232,15 @@ class RunDirectory:
             notes.append(f"warning: skipped {checkpoint.name}: {problem}; moved to {target}")
         return None, notes + [f"note: no complete checkpoint in {self.path}: training starts from step 0"]
 
-    def check_same_run(self, identity: dict, checkpoint: Path | None) -> list[str]:
-        """Stop a --resume whose settings or data differ from what the checkpoint (or the started run) recorded.
+    def check_same_run(self, record: dict, checkpoint: Path | None) -> list[str]:
+        """Stop a --resume whose run record (settings, data) differs from the checkpoint's or the started run's.
 
         -> notes: a changed run length is allowed and said.
         """
-        source = checkpoint / FINAL_FILE if checkpoint is not None else self.path / RUN_FILE
-        if not source.is_file():
+        directory, name = (checkpoint, RUN_RECORD) if checkpoint is not None else (self.path, RUN_FILE)
+        if not (directory / name).is_file():
             return []
-        recorded, wanted = _flat(json.loads(source.read_text())), _flat(identity)
+        recorded, wanted = _flat(read_run_record(directory, name, fill_in=False)), _flat(record)
         changed = {
             key: FINGERPRINTS[key] + " changed"
             if key in FINGERPRINTS
@@ -263,7 +259,7 @@ class RunDirectory:
             for text in changed.values()
         ]
 
-    def start(self, identity: dict) -> None:
-        """Record the run's identity; a finished run's final hafrm.json goes (it is written again at the end)."""
-        atomic_write_text(self.path / RUN_FILE, json.dumps(identity, indent=2, sort_keys=True) + "\n")
-        (self.path / FINAL_FILE).unlink(missing_ok=True)
+    def start(self, record: dict) -> None:
+        """Write the run record as RUN_FILE; a finished run's final one goes (it is written again at the end)."""
+        write_run_record(self.path, record, name=RUN_FILE)
+        (self.path / RUN_RECORD).unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""`hafrm serve`: a reward-model HTTP server; the protocol, the batching and the guards (the model is `RewardHead`).
+"""`hafrm serve`: a reward-model HTTP server; the protocol, the batching and the guards (the model is `scoring.RewardModel`).
 
     hafrm serve --model runs/haf --port 5000            # binds 127.0.0.1
     curl -s localhost:5000/get_reward -d '{"query": ["<|im_start|>user\\nHi<|im_end|>\\n..."]}'
@@ -18,7 +18,6 @@ its reason, and the server stays up.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
 import json
 import os
@@ -110,7 +109,8 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1)  # one model call at a time, off the event loop
         self._held = None  # a request that did not fit the last batch: it opens the next one
 
-    async def submit(self, sequences: list[list[int]]) -> list[float]:
+    async def submit(self, sequences: list[tuple[list[int], int]]) -> list[float]:
+        """A request's (token ids, prompt length) per text -> their rewards, once its batch has run."""
         future = asyncio.get_running_loop().create_future()
         await self.queue.put((sequences, future))
         self.metrics.queue_depth.set(self.queue.qsize())
@@ -118,7 +118,7 @@ class Batcher:
 
     @staticmethod
     def _padded(jobs) -> int:
-        lengths = [len(ids) for sequences, _ in jobs for ids in sequences]
+        lengths = [len(ids) for sequences, _ in jobs for ids, _ in sequences]
         return len(lengths) * max(lengths, default=0)
 
     async def _collect(self) -> list:
@@ -174,7 +174,11 @@ class RewardService:
 
     def __init__(self, head, cfg: ServeConfig, metrics: Metrics):
         self.head, self.cfg, self.metrics = head, cfg, metrics
-        score = functools.partial(head.rewards, pass_tokens=cfg.pass_tokens)
+
+        def score(flat: list[tuple[list[int], int]]) -> list[float]:
+            ids, prompt_lengths = zip(*flat)
+            return head.rewards_in_passes(list(ids), list(prompt_lengths), cfg.pass_tokens)
+
         self.batcher = Batcher(score, cfg.max_batch_tokens, cfg.max_wait_ms / 1000, cfg.batching, metrics)
 
     def _checked_text(self, value, where: str) -> None:
@@ -195,8 +199,8 @@ class RewardService:
                     422, "bad text", f"{where} holds a lone surrogate: it is not valid Unicode text"
                 ) from None
 
-    def encode(self, items: list[tuple], where: str) -> tuple[list[list[int]], list[int]]:
-        """(prompt, response) or (None, full text) items -> (token ids, 1 where the text was truncated)."""
+    def encode(self, items: list[tuple], where: str) -> tuple[list[tuple[list[int], int]], list[int]]:
+        """(prompt, response) or (None, full text) items -> ((token ids, prompt length), 1 where the text was cut)."""
         from .data import DataError
 
         sequences, truncated = [], []
@@ -205,22 +209,20 @@ class RewardService:
             self._checked_text(response, place)
             prompt, response = _plain(prompt), _plain(response)
             try:
-                if prompt is None:
-                    ids = self.head.text_ids(response)
-                else:
-                    ids = self.head.response_ids(prompt, response, place)
+                encoded = self.head.encode_one(response if prompt is None else (prompt, response), place)
             except DataError as error:
                 raise ServeError(422, "bad text", f"{place}: {error}") from None
             except Exception as error:  # what a chat template raises for messages it does not take (jinja, ...)
                 refused = f"{place}: the chat template refused it ({type(error).__name__}: {str(error)[:200]})"
                 raise ServeError(422, "bad text", refused) from None
+            ids = encoded.ids
             if not ids or ids[-1] == self.head.tokenizer.pad_token_id:
                 raise ServeError(422, "bad text", f"{place}: no token to read a reward at (empty, or ends on the pad)")
-            cut = len(ids) > self.head.max_length
-            if cut and self.cfg.reject_long:
-                raise ServeError(413, "too long", f"{place} has {len(ids)} tokens; the limit is {self.head.max_length}")
-            sequences.append(ids[-self.head.max_length :])  # the end, where the reward is read, is kept
-            truncated.append(int(cut))
+            if encoded.cut and self.cfg.reject_long:
+                limit = self.head.max_length
+                raise ServeError(413, "too long", f"{place} has {encoded.length} tokens; the limit is {limit}")
+            sequences.append((ids, encoded.prompt_length))  # cut by the training rule (`scoring.encode_item`)
+            truncated.append(int(encoded.cut))
         self.metrics.truncated.inc(sum(truncated))
         return sequences, truncated
 
@@ -238,16 +240,14 @@ class RewardService:
             raise ServeError(
                 503, "timeout", f"no model result within {self.cfg.request_timeout_s:g} s (the server is overloaded)"
             ) from None
-        if normalize and self.head.mean is not None and self.head.std:
-            values = [(value - self.head.mean) / self.head.std for value in values]
-        return values, truncated
+        return (self.head.normalized(values) if normalize else values), truncated
 
 
 ENDPOINTS = ("/get_reward", "/score", "/health", "/metrics")
 
 
 def create_app(head, cfg: ServeConfig, api_key: str | None = None):
-    """The FastAPI app serving `head` (a `hafrm.rewards.RewardHead`, or anything with its methods)."""
+    """The FastAPI app serving `head` (a `hafrm.scoring.RewardModel`, or anything with its methods)."""
     metrics = Metrics()
     service = RewardService(head, cfg, metrics)
     limit = int(cfg.max_body_mb * 2**20)
@@ -347,14 +347,15 @@ def create_app(head, cfg: ServeConfig, api_key: str | None = None):
 
 def run_serve(cfg: ServeConfig) -> None:
     """Load the model once and serve it until interrupted."""
+    import torch
     import uvicorn
 
-    from .rewards import RewardHead
+    from .scoring import RewardModel
 
     api_key = os.environ.get(cfg.api_key_env) or None
-    import torch
-
-    head = RewardHead(cfg.model, cfg.max_length, getattr(torch, cfg.dtype))
+    head = RewardModel(cfg.model, cfg.max_length, dtype=getattr(torch, cfg.dtype))
+    head.keep_reference_loaded = True  # an implicit reward (dpo run) keeps its base model beside it
+    head.load()  # before the first request
     app = create_app(head, cfg, api_key)
     if cfg.host not in {"127.0.0.1", "localhost", "::1"}:
         print(

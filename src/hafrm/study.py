@@ -8,7 +8,7 @@ An experiment with `baseline: RUN` keeps every pair's scores (`save_scores`) and
     per kind                  accuracy per `subset` (the built-in set's constraint kinds), mean over seeds
     α curve                   `alpha_curve: [RUN, ...]`: accuracy against each run's α (a plain rm run is α = 0)
 
-A run's own score is its reward head, or β·log π/π_ref for dpo (`experiment.headline`).
+A run's own score is its reward head, or β·log π/π_ref for dpo (`experiment_runs.headline`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ import statistics
 
 import numpy as np
 
+from .experiment_runs import headline, train_config
 from .metrics import Z95, calibration_bins, paired_difference
 
 
 def own_scores(report: dict) -> tuple[list[float], list[float]]:
     """(chosen, rejected) scores of a run's own head, in data order, from a report kept with `save_scores`."""
-    from .experiment import headline
-
     head = headline(report)["head"]
     if "scores" not in report:
         raise ValueError(f"{report.get('model')}: the evaluation kept no per-pair scores (run it with save_scores)")
@@ -68,8 +67,6 @@ def calibration(by_seed: dict) -> dict:
 
 def per_kind(by_seed: dict) -> dict:
     """{kind: (mean accuracy over seeds, pairs)} of the run's own head, where the set's rows carry a subset."""
-    from .experiment import headline
-
     reports = [by_seed[seed] for seed in sorted(by_seed)]
     if "per_subset" not in reports[0]:
         return {}
@@ -82,8 +79,6 @@ def per_kind(by_seed: dict) -> dict:
 
 def study_figures(spec, results: dict) -> dict:
     """Every study figure of an experiment with a baseline: {accuracy, paired, calibration, kinds, alpha_curve}."""
-    from .experiment import train_config
-
     figures = {"accuracy": {}, "paired": {}, "calibration": {}, "kinds": {}}
     for run, by_set in results.items():
         for set_name, by_seed in by_set.items():

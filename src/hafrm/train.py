@@ -11,26 +11,26 @@ import contextlib
 import hashlib
 import logging
 import os
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
 from transformers import TrainingArguments, set_seed
 
-from . import __version__
-from .checkpoint import load_base_model, read_hafrm_config, update_config_json, write_hafrm_config
+from .checkpoint import load_base_model, update_config_json
 from .config import TrainConfig
 from .data import BUILTIN, PairCollator, load_data, split_validation, tokenize_pairs, write_skipped_rows
 from .data.load import has_split, parse_spec
 from .devices import on_cpu
 from .finetune import prepare_finetuning
 from .guard import NumericalGuard, TrainingStopped
-from .model import LAYOUT_TOLERANCE, layout_tolerance, packing_error, sharing_error
+from .layout import LAYOUT_TOLERANCE, layout_tolerance, packing_error, sharing_error
 from .objective import Objective
 from .prefix_cache import FrozenPrefixCache, cache_error
 from .reference import add_reference_logps, dataset_fingerprint, model_fingerprint
 from .rundir import RunDirectory
+from .runrecord import build_run_record, update_run_record
 from .trainer import EpochTimer, HybridTrainer
 
 logger = logging.getLogger(__name__)
@@ -152,22 +152,6 @@ def training_arguments(cfg: TrainConfig, has_eval: bool) -> TrainingArguments:
     )
 
 
-def run_config(cfg: TrainConfig, objective: Objective) -> dict:
-    """What hafrm.json records beside every checkpoint: enough to load, score and reproduce it."""
-    return {
-        "hafrm_version": __version__,
-        "base_model": cfg.model,
-        "reward_head": objective.uses_reward_head,
-        "reference": "base_model" if objective.needs_reference else None,
-        **{
-            key: value
-            for key, value in asdict(cfg).items()
-            if key not in {"model", "resume", "overwrite", "output_dir"}
-        },
-        "data": cfg.data or BUILTIN,
-    }
-
-
 def summarise(trainer: HybridTrainer) -> dict:
     """Validation accuracy before training and at the kept checkpoint."""
     evals = [entry for entry in trainer.state.log_history if "eval_accuracy" in entry]
@@ -178,9 +162,9 @@ def summarise(trainer: HybridTrainer) -> dict:
     return summary
 
 
-def packing_holds(model, row: dict, objective: Objective) -> bool:
+def packing_matches_padded(model, row: dict, objective: Objective) -> bool:
     """Whether packed rows give this model's padded results (checked on one pair); says so when not."""
-    return _layout_holds(
+    return _layout_matches_padded(
         model,
         row,
         objective,
@@ -192,9 +176,10 @@ def packing_holds(model, row: dict, objective: Objective) -> bool:
     )
 
 
-def sharing_holds(model, row: dict, objective: Objective) -> bool:
-    """Whether a pair run with its prompt shared gives this model's padded results; says so when not."""
-    return _layout_holds(
+def shared_prompt_matches_padded(model, row: dict, objective: Objective) -> bool:
+    """Whether a pair run with its prompt shared gives this model's padded results (checked on one pair);
+    says so when not. (`hafrm.model.sharing_holds` is scoring's cached, silent check of shared-prompt rows.)"""
+    return _layout_matches_padded(
         model,
         row,
         objective,
@@ -206,7 +191,7 @@ def sharing_holds(model, row: dict, objective: Objective) -> bool:
     )
 
 
-def _layout_holds(model, row, objective, error_of, what, laid_out, rows_name, consequence) -> bool:
+def _layout_matches_padded(model, row, objective, error_of, what, laid_out, rows_name, consequence) -> bool:
     name = type(model).__name__
     try:
         error = error_of(
@@ -251,17 +236,15 @@ def data_fingerprint(dataset) -> str:
     return hashlib.sha256(f"{dataset_fingerprint(dataset)}|{margins}".encode()).hexdigest()[:16]
 
 
-def run_identity(cfg: TrainConfig, objective: Objective, model, tokenizer, train_set, eval_set) -> dict:
-    """hafrm.json's content, with fingerprints of the base weights, the tokenizer's pad and the data."""
-    return {
-        **run_config(cfg, objective),
-        "fingerprints": {
-            "base_weights": model_fingerprint(model),
-            "pad_token_id": tokenizer.pad_token_id,
-            "train_data": data_fingerprint(train_set),
-            "validation_data": data_fingerprint(eval_set) if eval_set is not None else None,
-        },
+def run_record(cfg: TrainConfig, objective: Objective, model, tokenizer, train_set, eval_set) -> dict:
+    """The run record (`hafrm.runrecord`), with fingerprints of the base weights, the tokenizer's pad and the data."""
+    fingerprints = {
+        "base_weights": model_fingerprint(model),
+        "pad_token_id": tokenizer.pad_token_id,
+        "train_data": data_fingerprint(train_set),
+        "validation_data": data_fingerprint(eval_set) if eval_set is not None else None,
     }
+    return build_run_record(replace(cfg, data=cfg.data or BUILTIN), objective.uses_reward_head, fingerprints)
 
 
 def _train(cfg: TrainConfig, run_dir: RunDirectory, state: PartialState, callbacks: list | None) -> dict:
@@ -282,23 +265,23 @@ def _train(cfg: TrainConfig, run_dir: RunDirectory, state: PartialState, callbac
         tokenizer.padding_side = cfg.padding_side
         train_set, eval_set = load_datasets(cfg, tokenizer)
         collator = PairCollator(pad_token_id=tokenizer.pad_token_id, padding_side=cfg.padding_side)
-        collator.packing = cfg.packing and packing_holds(model, train_set[0], objective)
-        collator.prompt_sharing = cfg.prompt_sharing and sharing_holds(model, train_set[0], objective)
-        # hafrm.json records what ran
+        collator.packing = cfg.packing and packing_matches_padded(model, train_set[0], objective)
+        collator.prompt_sharing = cfg.prompt_sharing and shared_prompt_matches_padded(model, train_set[0], objective)
+        # the run record records what ran
         cfg = replace(cfg, packing=collator.packing, prompt_sharing=collator.prompt_sharing)
-        identity = run_identity(cfg, objective, model, tokenizer, train_set, eval_set)
+        record = run_record(cfg, objective, model, tokenizer, train_set, eval_set)
         checkpoint, notes = run_dir.resume_point(cfg.resume, main_process=state.is_main_process)
         for note in notes:
             say(note)
-        for note in run_dir.check_same_run(identity, checkpoint):
+        for note in run_dir.check_same_run(record, checkpoint):
             say(note)
         if state.is_main_process:
-            run_dir.start(identity)
+            run_dir.start(record)
         prefix_cache, train_set, eval_set = frozen_prefix_cache(
             cfg, model, objective, collator, train_set, eval_set, state
         )
         collator.prefix_cache = prefix_cache
-        identity["prefix_cache"] = prefix_cache is not None  # hafrm.json records what ran
+        record["prefix_cache"] = prefix_cache is not None  # the run record records what ran
         if objective.needs_reference and cfg.reference == "cache":
             batch = cfg.eval_batch_size or cfg.batch_size
             train_set = add_reference_logps(model, train_set, collator, batch)
@@ -313,7 +296,7 @@ def _train(cfg: TrainConfig, run_dir: RunDirectory, state: PartialState, callbac
         data_collator=collator,
         processing_class=tokenizer,
         objective=objective,
-        run_config=identity,
+        run_record=record,
         guard=NumericalGuard(cfg.lr, cfg.beta, objective.uses_policy_head, train_set, say),
         callbacks=[epoch_timer := EpochTimer(say), *(callbacks or [])],
     )
@@ -388,9 +371,9 @@ def kept_so_far(trainer: HybridTrainer) -> str:
 
 
 def record_reward_moments(output_dir: str, mean: float, std: float) -> None:
-    """Write the validation reward mean/std where OpenRLHF (config.json `mean`, `std`) and hafrm.json look."""
+    """Write the validation reward mean/std where OpenRLHF (config.json `mean`, `std`) and the run record look."""
     update_config_json(output_dir, {"mean": mean, "std": std})
-    write_hafrm_config(output_dir, {**read_hafrm_config(output_dir), "reward_mean": mean, "reward_std": std})
+    update_run_record(output_dir, reward_mean=mean, reward_std=std)
 
 
 def print_summary(summary: dict, cfg: TrainConfig) -> None:

@@ -1,7 +1,7 @@
 """The Trainer subclass: one hybrid forward, the method's loss, TRL-style metrics. Little else.
 
     objective = Objective(method="haf", alpha=0.2, beta=0.1, policy_loss="dpo")   # hafrm.objective
-    trainer = HybridTrainer(model=model, args=args, objective=objective, run_config={...}, ...)
+    trainer = HybridTrainer(model=model, args=args, objective=objective, run_record={...}, ...)
 
 Logged metrics (train, and with an `eval_` prefix on validation):
     loss, reward_loss, policy_loss
@@ -21,10 +21,11 @@ from safetensors import SafetensorError
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 
-from .checkpoint import update_config_json, write_adapter_note, write_hafrm_config
+from .checkpoint import update_config_json, write_adapter_note
 from .guard import NumericalGuard
 from .objective import Objective
 from .rundir import CheckpointWriteError, write_manifest
+from .runrecord import write_run_record
 
 
 def pairwise_metrics(eval_prediction) -> dict[str, float]:
@@ -62,12 +63,12 @@ class EpochTimer(TrainerCallback):
 
 
 class HybridTrainer(Trainer):
-    def __init__(self, *args, objective: Objective, run_config: dict, guard: NumericalGuard | None = None, **kwargs):
+    def __init__(self, *args, objective: Objective, run_record: dict, guard: NumericalGuard | None = None, **kwargs):
         super().__init__(*args, compute_metrics=self._pairwise_metrics, **kwargs)
         # Our loss is a mean over pairs, not a token sum: let Trainer scale it for accumulation.
         self.model_accepts_loss_kwargs = False
         self.objective = objective
-        self.run_config = run_config  # written as hafrm.json beside every checkpoint
+        self.run_record = run_record  # written beside every checkpoint and the final model (hafrm.runrecord)
         self.guard = guard or NumericalGuard(self.args.learning_rate, objective.beta, objective.uses_policy_head)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
 
@@ -162,7 +163,7 @@ class HybridTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)
         if self.args.should_save:
-            write_hafrm_config(output_dir or self.args.output_dir, self.run_config)
-            if self.run_config.get("reward_head"):
+            write_run_record(output_dir or self.args.output_dir, self.run_record)
+            if self.run_record["reward_head"]:
                 update_config_json(output_dir or self.args.output_dir)
                 write_adapter_note(output_dir or self.args.output_dir)

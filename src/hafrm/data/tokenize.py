@@ -116,3 +116,8 @@ def tokenize_pairs(pairs: list[PreferencePair], tokenizer, max_length: int):
         report.response_truncated += response_cut
         report.longest = max(report.longest, longest)
     return datasets.Dataset.from_list(rows), report
+
+
+def pair_sequences(dataset) -> tuple[list[list[int]], list[int]]:
+    """The 2N responses of a tokenised pair set, chosen then rejected, and their prompt lengths."""
+    return list(dataset["chosen_input_ids"]) + list(dataset["rejected_input_ids"]), list(dataset["prompt_length"]) * 2
