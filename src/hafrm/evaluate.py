@@ -50,14 +50,15 @@ def score_sets(cfg: EvalConfig, run: dict, pair_sets: dict, max_length: int, imp
     need_logps = need_logps or implicit
     heads = {"need_rewards": run["reward_head"], "need_logps": need_logps}
     references = {}
-    if implicit and needs_reference(run["policy_loss"]):
-        for name, (ids, prompts) in sequences.items():
-
-            def frozen_for(base, name=name):
-                logps_only = {**heads, "need_rewards": False}
-                return stored_frozen_states(cfg, run, base, {name: datasets[name]}, logps_only).get(name)
-
-            references[name] = reward.reference_logps(ids, prompts, "reference", frozen_for=frozen_for)
+    if implicit and needs_reference(run["policy_loss"]) and reward.is_lora:
+        references = {
+            name: reward.reference_logps(ids, prompts, "reference") for name, (ids, prompts) in sequences.items()
+        }
+    elif implicit and needs_reference(run["policy_loss"]):
+        with reward.base_kept() as base:  # one load of the base model for every set, freed before the run loads
+            base_states = stored_frozen_states(cfg, run, base, datasets, {**heads, "need_rewards": False})
+            for name, (ids, prompts) in sequences.items():
+                references[name] = reward.reference_logps(ids, prompts, "reference", base_states.get(name))
     frozen = stored_frozen_states(cfg, run, reward.model, datasets, heads) if not reward.is_lora else {}
     scores = {}
     for name, (ids, prompts) in sequences.items():

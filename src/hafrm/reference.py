@@ -141,15 +141,16 @@ def cached_reference_logps(model, sequences, prompt_lengths, compute, use_cache:
     implicit reward `hafrm.scoring` reads (best-of-N, rlhf, score) go through it, keyed by the weights and
     the token ids, so a second reader of the same base and texts reuses the pass.
     """
+    if not use_cache:
+        return compute().float().cpu()
     key = reference_key(model, sequences, prompt_lengths)
     path = cache_root() / "reference" / f"{key}.pt"
-    cached = read_cache(path, len(sequences), key) if use_cache and path.is_file() else None
+    cached = read_cache(path, len(sequences), key) if path.is_file() else None
     if cached is not None:
         logger.info("reusing reference log-probs from %s", path)
         return cached
     logps = compute().float().cpu()
-    if use_cache:
-        write_cache(path, logps, key)
+    write_cache(path, logps, key)
     return logps
 
 

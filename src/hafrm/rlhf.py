@@ -36,7 +36,7 @@ class RewardFunction:
 
     def __init__(self, directory: str, normalize: bool, max_length: int | None = None, batch_size: int = 16):
         self.model = RewardModel(directory, max_length, batch_size)
-        self.model.keep_reference_loaded = True  # a dpo run's implicit reward: its base stays loaded between steps
+        self.model.serving = True  # new completions every step: a dpo run's base stays loaded, nothing cached on disk
         # loaded now, not at the first step: a load draws from the global RNG, which a resumed run must find as it was
         self.model.load()
         self.normalize = normalize and self.model.mean is not None and bool(self.model.std)

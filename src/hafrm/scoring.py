@@ -24,6 +24,7 @@ The rule for an item (docs/checkpoints.md, "One reward everywhere"), `encode_ite
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 from dataclasses import dataclass
@@ -118,9 +119,10 @@ class RewardModel:
         self.std = config.get("std", self.run.get("reward_std"))
         self.truncated = 0  # items cut in the last `encode`
         self._model = None
-        # A server or an RL loop scores an implicit reward many times: keep the base model beside the run
-        # (twice the memory) instead of loading it for every call.
-        self.keep_reference_loaded = False
+        # A server or an RL loop (`serving`) scores new texts many times: a dpo run's base model stays beside
+        # it (twice the memory) instead of loading for every call, and its reference log-probs are not written
+        # to the disk cache (such texts do not come back; the cache key alone would cost a pass over the weights).
+        self.serving = False
         self._base = None
 
     # ------------------------------------------------------------ loading
@@ -224,11 +226,12 @@ class RewardModel:
             frozen=frozen,
         )
 
-    def reference_logps(self, sequences, prompt_lengths, desc: str = "scoring", frozen_for=None) -> torch.Tensor:
+    def reference_logps(self, sequences, prompt_lengths, desc: str = "scoring", frozen=None) -> torch.Tensor:
         """log π_ref of each response [N] from the one reference cache: a full or freeze run's base model (loaded
-        alone, the trained model freed first, unless `keep_reference_loaded`), or a LoRA run with adapters off.
+        alone, the trained model freed first, unless `serving` or inside `base_kept`), or a LoRA run with adapters
+        off.
 
-        `frozen_for(base)` -> stored frozen-block states of these sequences for the base, or None.
+        `frozen`: the base model's stored frozen-block states of these sequences (`prefix_cache`), or None.
         """
         if self.is_lora:
 
@@ -236,33 +239,43 @@ class RewardModel:
                 with adapters_disabled(self.model):
                     return self.sequence_scores(sequences, prompt_lengths, False, True, f"{desc} (reference)")["logps"]
 
-            return cached_reference_logps(self.model, sequences, prompt_lengths, with_adapters_off)
-        logps = self._base_reference(self._base_model(), sequences, prompt_lengths, desc, frozen_for)
-        if not self.keep_reference_loaded:
+            return cached_reference_logps(self.model, sequences, prompt_lengths, with_adapters_off, not self.serving)
+        logps = self._base_reference(self._base_model(), sequences, prompt_lengths, desc, frozen)
+        if self._base is None:
             gc.collect()  # the base model, loaded for this pass only, is gone
         return logps
 
-    def _base_reference(self, base, sequences, prompt_lengths, desc, frozen_for) -> torch.Tensor:
-        frozen = frozen_for(base) if frozen_for else None
+    @contextlib.contextmanager
+    def base_kept(self):
+        """Yields the base model, kept loaded within the block (one load for several sets) and freed after."""
+        kept = self._base is not None
+        self._base = self._base_model()
+        try:
+            yield self._base
+        finally:
+            if not kept and not self.serving:
+                self._base = None
+                gc.collect()
 
+    def _base_reference(self, base, sequences, prompt_lengths, desc, frozen) -> torch.Tensor:
         def base_pass():
             return score_sequences(
                 base, sequences, prompt_lengths, self.batch_size, self.tokenizer.pad_token_id,
                 self.tokenizer.padding_side, False, True, f"{desc} (reference)", self.share_prompts, frozen,
             )["logps"]  # fmt: skip
 
-        return cached_reference_logps(base, sequences, prompt_lengths, base_pass)
+        return cached_reference_logps(base, sequences, prompt_lengths, base_pass, not self.serving)
 
     def _base_model(self):
-        """The base model named in the run record; alone in memory unless `keep_reference_loaded`."""
+        """The base model named in the run record; alone in memory unless `serving`."""
         if self._base is not None:
             return self._base
-        if not self.keep_reference_loaded:
+        if not self.serving:
             self.release()  # never the trained model and the base in memory at once
         base, _ = load_base_model(self.run["base_model"], with_score_head=False, dtype=self.dtype)
         to_scoring_device(base)
         base.eval()
-        if self.keep_reference_loaded:
+        if self.serving:
             self._base = base
         return base
 

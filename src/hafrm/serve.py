@@ -354,7 +354,7 @@ def run_serve(cfg: ServeConfig) -> None:
 
     api_key = os.environ.get(cfg.api_key_env) or None
     head = RewardModel(cfg.model, cfg.max_length, dtype=getattr(torch, cfg.dtype))
-    head.keep_reference_loaded = True  # an implicit reward (dpo run) keeps its base model beside it
+    head.serving = True  # an implicit reward (dpo run) keeps its base model beside it, no disk cache per request
     head.load()  # before the first request
     app = create_app(head, cfg, api_key)
     if cfg.host not in {"127.0.0.1", "localhost", "::1"}:
