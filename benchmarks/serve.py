@@ -67,10 +67,13 @@ class ClassifierLoop:
     def encode_one(self, item, where):
         return self.head.encode_one(item, where)
 
+    def encode_responses(self, prompt, responses, wheres):
+        return self.head.encode_responses(prompt, responses, wheres)
+
     def normalized(self, values):
         return self.head.normalized(values)
 
-    def rewards_in_passes(self, sequences, prompt_lengths=None, pass_tokens=None):
+    def rewards_in_passes(self, sequences, prompt_lengths=None, pass_tokens=None, stop=None):
         values = []
         with self.torch.no_grad():
             for ids in sequences:

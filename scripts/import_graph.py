@@ -27,7 +27,7 @@ LAYERS = [
     # devices, the run directory and its record, the numerical guard, pure losses and figures, attention masks
     (
         "base",
-        "__init__ fields config default_model devices rundir runrecord guard losses metrics selection plots masks".split(),
+        "__init__ fields config default_model devices writes rundir runrecord guard losses metrics selection plots masks".split(),
     ),
     # reading, normalising, tokenising and collating pairs: imports nothing of hafrm outside data/
     ("data", ["data", "data.*"]),
@@ -42,7 +42,7 @@ LAYERS = [
     # what an experiment's runs are: spec, training configs and directories, the headline figure
     ("experiment runs", ["experiment_runs"]),
     # using the reward model: best-of-N, RLHF, serving, judges; the study figures of an experiment
-    ("uses", ["bon", "sampling", "rlhf", "serve", "judges", "study"]),
+    ("uses", ["bon", "sampling", "rlhf", "serve", "serve_limits", "judges", "study"]),
     # experiment designs that use trained reward models (bon-builtin, rlhf-builtin)
     ("designs", ["designs"]),
     # an experiment dispatches to its design (comparison tables, bon, rlhf, study)

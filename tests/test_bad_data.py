@@ -282,3 +282,36 @@ def test_wrong_types_in_other_formats_are_bad_rows(tmp_path, row, message):
         load_data(str(path))
     assert str(error.value).startswith(f"{path}: {message}")
     assert "\n" not in str(error.value)
+
+
+def test_a_message_role_outside_the_four_is_refused_naming_file_row_and_field(tmp_path):
+    path = tmp_path / "robot.jsonl"
+    good = {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello"}]}
+    rows = [
+        {**good, "rejected": [{"role": "assistant", "content": "Go"}]},
+        {**good, "rejected": [{"role": "user", "content": "Q"}, {"role": "robot", "content": "Beep"}]},
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DataError) as refused:
+        load_data(str(path))
+    assert str(refused.value) == (
+        f"{path}: row 1: unknown role: `rejected[1].role` is 'robot'; a message's role is one of assistant, system, "
+        "tool, user (field `rejected`; line 2; --skip-bad-rows leaves such rows out)"
+    )
+    pairs, reports = load_data(str(path), skip_bad_rows=True)
+    assert len(pairs) == 1 and [skip.reason for skip in reports[0].skipped] == ["unknown role"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_key_given_twice_in_one_object_is_refused(tmp_path, suffix):
+    path = tmp_path / f"twice{suffix}"
+    row = '{"prompt": "Hi", "chosen": "Hello", "rejected": "Go", "chosen": "Bye"}'
+    path.write_text(
+        f"[{row}]" if suffix == ".json" else '{"prompt": "Hi", "chosen": "A", "rejected": "B"}\n' + row + "\n"
+    )
+    with pytest.raises(DataError) as refused:
+        load_data(str(path))
+    where = f"{path}: the file" if suffix == ".json" else f"{path}: line 2"
+    assert str(refused.value) == (
+        f"{where}: the key 'chosen' appears twice in one object (JSON would keep the last silently); give each field once"
+    )

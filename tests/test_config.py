@@ -1,5 +1,6 @@
 """Arguments and configs are checked before anything heavy loads: one line naming the flag, never a traceback."""
 
+import json
 import socket
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from hafrm.config import (
 )
 from hafrm.data.tokenize import TruncationReport
 from hafrm.fields import ConfigError, coerce
-from hafrm.preflight import looks_like_path
+from hafrm.preflight import looks_like_path, model_positions
 from hafrm.validation import validate
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
@@ -377,3 +378,55 @@ def test_truncation_warning_past_half_the_pairs():
     )
     assert TruncationReport(pairs=10, prompt_truncated=5, response_truncated=5, longest=900).warning(256) is None
     assert TruncationReport().warning(8) is None
+
+
+# ---------------------------------------------------------------- hostile values
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("lr: [1, 2\nmax_steps: 3\n", "not valid YAML at line 2, column 10: while parsing a flow sequence: expected ',' "
+         "or ']', but got ':'"),
+        ("lr: 1\n  x: 2\n", "not valid YAML at line 2, column 4: mapping values are not allowed here"),
+        ('lr: !!python/object/apply:os.system ["touch pwned"]\n', "not valid YAML at line 1, column 5: could not "
+         "determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system' (hafrm reads plain "
+         "YAML only: no tags)"),
+        ("lr: !custom 1\n", "not valid YAML at line 1, column 5: could not determine a constructor for the tag "
+         "'!custom' (hafrm reads plain YAML only: no tags)"),
+    ],
+    ids=["syntax", "indent", "python tag", "local tag"],
+)  # fmt: skip
+def test_a_yaml_syntax_error_or_tag_is_one_line_naming_file_and_line(tmp_path, capsys, no_heavy_work, text, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    assert cli_error(capsys, ["train", "--config", str(config)]) == f"hafrm train: error: {config}: {message}"
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_max_steps_zero_is_refused(tiny_model, capsys, no_heavy_work):
+    error = cli_error(capsys, ["train", "--model", tiny_model, "--max-steps", "0"])
+    assert error == "hafrm train: error: --max-steps must be at least 1, or -1 to train for --epochs; got 0"
+
+
+@pytest.mark.parametrize("length", ["513", "1000000000000"])
+def test_a_max_length_past_the_model_s_positions_is_refused(tiny_model, capsys, no_heavy_work, length):
+    error = cli_error(capsys, ["train", "--model", tiny_model, "--max-length", length])
+    assert error == (
+        f"hafrm train: error: --max-length must be at most 512 for {tiny_model} (its config's position limit), "
+        f"got {length}"
+    )
+
+
+def test_a_run_s_max_length_is_bounded_by_its_model(reward_runs, tiny_model, tmp_path, capsys, no_heavy_work):
+    run = str(reward_runs["rm"])
+    error = cli_error(capsys, ["score", "--model", run, "--max-length", "4096", "--response", "Hi"])
+    assert (
+        error
+        == f"hafrm score: error: --max-length must be at most 512 for {run} (its config's position limit), got 4096"
+    )
+    lora_run = tmp_path / "lora"  # no config.json: the base model's positions
+    lora_run.mkdir()
+    (lora_run / "hafrm.json").write_text(json.dumps({"base_model": tiny_model, "method": "haf"}))
+    assert model_positions(str(lora_run)) == 512
+    assert model_positions("smollm2") == 8192

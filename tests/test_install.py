@@ -88,7 +88,9 @@ def test_the_wheel_without_extras_runs_every_command(fresh_env, tiny_model, pair
     hafrm(fresh_env, work, "rlhf", *rlhf, "--reward", "runs/haf", "--output-dir", "runs/rlhf-haf")  # a LoRA reward
     hafrm(fresh_env, work, "rlhf", *rlhf, "--reward", "runs/rm", "--output-dir", "runs/rlhf-rm")
     hafrm(fresh_env, work, "rlhf", "--compare", "runs/rlhf-haf", "runs/rlhf-rm", "--output-dir", "runs/haf-vs-rm")
-    assert "pairs" in hafrm(fresh_env, work, "data", "stats", str(pairs_file), "--max-length", "64", "--model", tiny_model)
+    assert "pairs" in hafrm(
+        fresh_env, work, "data", "stats", str(pairs_file), "--max-length", "64", "--model", tiny_model
+    )
     _serve_answers(fresh_env, work)
 
 

@@ -1,6 +1,7 @@
 """hafrm.rundir: the lock, refusing another run's directory, complete checkpoints, resume identity."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +11,14 @@ import pytest
 from hafrm.cli import main
 from hafrm.rundir import (
     CHECKPOINT_MANIFEST,
+    LOCK_FILE,
     RUN_FILE,
     RunDirectory,
     RunDirectoryError,
     checkpoint_problem,
     write_manifest,
 )
+from hafrm.writes import LinkRefused
 
 
 def fake_checkpoint(root: Path, step: int, complete: bool = True) -> Path:
@@ -93,9 +96,10 @@ def test_a_directory_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_
     )
     assert directory.prepare(resume="last", overwrite=False) == []
     assert directory.prepare(resume=None, overwrite=True) == [
-        f"note: --overwrite: cleared {directory.path} (a haf run (unfinished, 1 checkpoint(s), newest checkpoint-2))"
+        f"note: --overwrite: cleared {directory.path} (a haf run (unfinished, 1 checkpoint(s), newest checkpoint-2)); "
+        "left in place, not hafrm's: notes.txt"
     ]
-    assert list(directory.path.iterdir()) == []
+    assert [entry.name for entry in directory.path.iterdir()] == ["notes.txt"]  # the user's file stays
 
 
 def test_resume_identity_names_what_changed(tmp_path):
@@ -174,3 +178,118 @@ def test_resume_with_other_data_stops_and_says_so(tiny_model, pairs_file, tmp_pa
     error = capsys.readouterr().err
     assert "the training data changed" in error and "the validation data changed" in error
     assert json.loads((output_dir / "hafrm.json").read_text())["max_steps"] == 2  # the finished run is untouched
+
+
+# What a finished full run writes at the top of its directory (listed from a tiny run).
+FINISHED_RUN = [
+    "chat_template.jinja", "config.json", "generation_config.json", "hafrm-run.json", "hafrm.json",
+    "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_args.bin", "skipped-rows.jsonl",
+    "LOADING.md", "README.md", "adapter_config.json", "adapter_model.safetensors", "eval-test.json",
+]  # fmt: skip
+
+
+def test_overwrite_removes_only_what_hafrm_writes(tmp_path):
+    directory = RunDirectory(tmp_path / "run")
+    fake_checkpoint(directory.path, 2)
+    (directory.path / "discarded" / "checkpoint-1").mkdir(parents=True)
+    for name in FINISHED_RUN:
+        (directory.path / name).write_text("{}" if name.endswith(".json") else "x")
+    (directory.path / "hafrm.json").write_text(json.dumps({"method": "rm"}))
+    (directory.path / "notes.txt").write_text("mine")
+    (directory.path / "sub").mkdir()
+    (directory.path / "sub" / "data.jsonl").write_text("mine too")
+    with directory.hold():
+        notes = directory.prepare(resume=None, overwrite=True)
+    assert notes == [
+        f"note: --overwrite: cleared {directory.path} (a rm run (finished, 1 checkpoint(s), newest checkpoint-2)); "
+        "left in place, not hafrm's: notes.txt, sub"
+    ]
+    assert sorted(entry.name for entry in directory.path.iterdir()) == [LOCK_FILE, "notes.txt", "sub"]
+    assert (directory.path / "sub" / "data.jsonl").read_text() == "mine too"
+
+
+def test_a_directory_of_someone_else_s_files_is_refused_by_name_and_left_untouched(tmp_path):
+    foreign = tmp_path / "papers"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    (foreign / "sub").mkdir()
+    with pytest.raises(RunDirectoryError) as refused:
+        with RunDirectory(foreign).hold():
+            pass
+    assert str(refused.value) == (
+        f"--output-dir {foreign} holds files that are not a hafrm run (notes.txt, sub); hafrm writes only into an "
+        "empty or new directory, or one of its own runs: choose another --output-dir"
+    )
+    assert sorted(entry.name for entry in foreign.iterdir()) == ["notes.txt", "sub"]  # no lock file left there
+    # a run that stopped before its record was written left only hafrm's traces: that directory is taken
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / LOCK_FILE).write_text("")
+    (stopped / "skipped-rows.jsonl").write_text("{}\n")
+    with RunDirectory(stopped).hold():
+        pass
+
+
+@pytest.mark.parametrize(
+    "where, problem",
+    [
+        ("root", "is a filesystem root"),
+        ("home", "is the home directory"),
+        ("cwd", "is the working directory itself; name a directory inside it (runs/x)"),
+    ],
+)
+def test_roots_home_and_the_working_directory_are_refused(tmp_path, monkeypatch, where, problem):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    monkeypatch.chdir(tmp_path)
+    path = {"root": Path("/"), "home": tmp_path / "home", "cwd": Path(".")}[where]
+    with pytest.raises(RunDirectoryError) as refused:
+        with RunDirectory(path).hold():
+            pass
+    assert str(refused.value) == f"--output-dir {path} {problem}"
+    assert not (path / LOCK_FILE).exists()
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_is_not_truncated(tmp_path):
+    victim = tmp_path / "passwd"
+    victim.write_text("root:x:0:0\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_FILE).symlink_to(victim)
+    with pytest.raises(LinkRefused) as refused:
+        with RunDirectory(run).hold():
+            pass
+    assert str(refused.value).startswith(f"{run / LOCK_FILE} is a symbolic link (to {victim}); ")
+    assert victim.read_text() == "root:x:0:0\n"
+
+
+def test_a_run_record_that_is_a_link_is_refused(tmp_path):
+    victim = tmp_path / "victim.json"
+    victim.write_text('{"method": "haf"}')
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / RUN_FILE).symlink_to(victim)
+    with pytest.raises(LinkRefused):
+        with RunDirectory(run).hold():
+            pass
+    assert victim.read_text() == '{"method": "haf"}'
+
+
+@pytest.mark.parametrize("case", ["file", "under a file", "read-only"])
+def test_an_output_directory_that_cannot_be_one_is_a_one_line_error(tiny_model, tmp_path, capsys, monkeypatch, case):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    output_dir, problem = {
+        "file": (a_file, "is a file, not a directory"),
+        "under a file": (a_file / "run", f"cannot be made: {a_file} is a file, not a directory"),
+        "read-only": (read_only / "run", f"cannot be written: {read_only} is not writable by this user"),
+    }[case]
+    if case == "read-only":  # root writes through mode bits: ask access(2) as an unprivileged user would be answered
+        real_access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda path, mode: False if Path(path) == read_only else real_access(path, mode)
+        )
+    assert main(["train", "--model", tiny_model, "--output-dir", str(output_dir), "--max-steps", "1"]) == 1
+    assert capsys.readouterr().err == f"hafrm train: error: --output-dir {output_dir} {problem}\n"

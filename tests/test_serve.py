@@ -147,7 +147,8 @@ def test_the_api_key_and_reject_long(run_dir, serving):
         assert httpx.get(f"{url}/health").status_code == 200
         long = httpx.post(f"{url}/score", json={"prompt": PROMPTS[1], "responses": [long_response]}, headers=key)
         assert long.status_code == 413
-        assert long.json()["error"].startswith("responses[0] has ") and long.json()["error"].endswith("the limit is 96")
+        error = long.json()["error"]
+        assert error.startswith("responses[0] has ") and error.endswith("the limit is 96 (--max-length)")
 
 
 def test_guards_answer_4xx_with_what_is_wrong(run_dir, serving):
@@ -159,12 +160,14 @@ def test_guards_answer_4xx_with_what_is_wrong(run_dir, serving):
             return reply.status_code, reply.json()["error"] if reply.status_code != 200 else reply.json()
 
         assert post("/score", json={"prompt": "p", "responses": ["a"] * 5}) == (
-            413, "5 texts in one request; the limit is 4")  # fmt: skip
+            413, "5 texts in one request; the limit is 4 (--max-texts)")  # fmt: skip
         status, error = post("/get_reward", content=b'{"query": ["' + b"x" * 20000 + b'"]}')
-        assert (status, error) == (413, "the body has 20015 bytes; the limit is 10485")
+        assert (status, error) == (413, "the body has 20015 bytes; the limit is 10485 (--max-body-mb)")
         assert post("/score", json={"prompt": "p", "responses": ["y" * 501]}) == (
-            413, "responses[0] has 501 characters; the limit is 500")  # fmt: skip
+            413, "responses[0] has 501 characters; the limit is 500 (--max-text-chars)")  # fmt: skip
         assert post("/score", content=b"{not json")[0] == 400
+        assert post("/score", content=b'{"prompt": "p", "responses": ["a"], "prompt": "q"}') == (
+            400, "the key 'prompt' appears twice in one object; give each field once")  # fmt: skip
         assert post("/score", json={"prompt": "p"}) == (422, "responses: Field required")
         assert post("/score", json={"prompt": "p", "responses": ["a"], "extra": 1}) == (
             422,

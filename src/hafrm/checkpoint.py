@@ -25,6 +25,7 @@ from .default_model import resolve_model_path
 from .devices import to_scoring_device
 from .model import SCORE_HEAD, attach_score_head
 from .runrecord import read_run_record, write_run_record
+from .writes import atomic_write_text
 
 ADAPTER_README = "LOADING.md"
 
@@ -111,16 +112,17 @@ def update_config_json(directory: str | Path, values: dict | None = None) -> Non
     if path.is_file():  # a LoRA run has none until `hafrm export`
         config = json.loads(path.read_text())
         config.update({"num_labels": 1, **(values or {})})
-        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def write_adapter_note(directory: str | Path) -> None:
+def write_adapter_note(directory: str | Path, shown_as: str | Path | None = None) -> None:
     """Beside a LoRA adapter: LOADING.md, with the exact code that loads this run as a reward model.
 
     Two cases: the pad token is one the base model's embeddings hold (the tokenizer's own, or a reserved
     token), and transformers' peft integration loads the run in one call; or hafrm added the pad (SmolLM2,
     Mistral), and the base model needs one more embedding row before the adapter loads. That row only
     ever meets padding, which no reward reads, so how it is initialised does not change a reward.
+    `shown_as`: the directory the note names, where it is written somewhere else first (the final save).
     """
     directory = Path(directory)
     adapter_path = directory / "adapter_config.json"
@@ -132,7 +134,7 @@ def write_adapter_note(directory: str | Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     rows = AutoConfig.from_pretrained(base).get_text_config().vocab_size
     added = tokenizer.pad_token_id >= rows
-    run = str(directory)
+    run = str(shown_as or directory)
     lines = [
         "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
         "",
@@ -173,7 +175,7 @@ def write_adapter_note(directory: str | Path) -> None:
         f"## As a reward model in transformers\n\nFor this run {case}:\n\n"
         "```python\n" + "\n".join(lines) + "\n```\n\n"
         "Every other loader (TRL, RewardBench, OpenRLHF, vLLM) reads the merged directory:\n\n"
-        f"    hafrm export --model {directory} --output-dir {directory}-merged\n\n"
+        f"    hafrm export --model {run} --output-dir {run}-merged\n\n"
         "See docs/checkpoints.md, LoRA runs.\n"
     )
 

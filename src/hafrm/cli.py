@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import logging
 import sys
+from pathlib import Path
 
 from .config import (
     BonConfig,
@@ -30,11 +31,22 @@ from .config import (
 )
 from .data import DataError
 from .guard import TrainingStopped
-from .rundir import CheckpointWriteError
 from .validation import validate
+from .writes import FULL_ERRNOS, DiskFullError, disk_full_message
 
-# Errors the user can act on: printed as one line, exit status 1.
-USER_ERRORS = (DataError, ValueError, FileNotFoundError, TrainingStopped, CheckpointWriteError)
+# Errors the user can act on: printed as one line, exit status 1. OSError: a file, a directory, a disk, a
+# connection (a full disk, a checkpoint that could not be written, a link hafrm refuses to write through, ...).
+USER_ERRORS = (DataError, ValueError, OSError, TrainingStopped)
+
+
+def error_line(error: BaseException) -> str:
+    """A user error as the one line printed after `hafrm COMMAND: error:`."""
+    if isinstance(error, OSError) and not isinstance(error, DiskFullError) and error.errno in FULL_ERRNOS:
+        where = error.filename or "a file"
+        return disk_full_message(str(where), Path(str(where)).parent if error.filename else Path.cwd())
+    if isinstance(error, OSError) and error.strerror and type(error).__str__ is OSError.__str__:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror  # no "[Errno 21]"
+    return " ".join(str(error).split()) if isinstance(error, OSError) else str(error)
 
 
 # Each command's main(cfg) imports its module when it runs, so that `--help` and a refused flag answer
@@ -160,7 +172,7 @@ def _experiment(argv: list[str]) -> int:
         seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else None
         run_experiment(args.config, dry_run=args.dry_run, runs=runs, seeds=seeds)
     except USER_ERRORS as error:
-        print(f"hafrm experiment: error: {error}", file=sys.stderr)
+        print(f"hafrm experiment: error: {error_line(error)}", file=sys.stderr)
         return 1
     return 0
 
@@ -197,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         validate(cfg)  # a bad value or a missing model stops here, before any model, data or reference pass
         run(command, cfg)
     except USER_ERRORS as error:
-        print(f"hafrm {command}: error: {error}", file=sys.stderr)
+        print(f"hafrm {command}: error: {error_line(error)}", file=sys.stderr)
         return 1
     return 0
 

@@ -219,6 +219,14 @@ class ServeConfig:
     `max_wait_ms`, whichever comes first, and runs as one length-sorted model call. Texts longer than
     `max_length` tokens lose their start (as in `hafrm score`) and are reported, or are refused with
     413 under `reject_long`. The server binds loopback unless `host` says otherwise.
+
+    What one request may cost is bounded before any work starts (413 when too large, naming the limit):
+    texts, characters and messages per text and per request, where a /score prompt counts once per
+    response because it is rendered and tokenised with each; tokens per request are counted as texts are
+    encoded. The defaults take any OpenRLHF batch and best-of-N request seen in practice while keeping a
+    request's tokenisation under about a second of one CPU core (2M characters) and the model's share
+    at 256k tokens; docs/security.md lists them. `request_timeout_s` runs from a request's arrival and
+    covers encoding as well as the model call.
     """
 
     model: str = _help("hafrm output directory with a reward head (rm, haf, or an export of one)", default="runs/hafrm")
@@ -237,11 +245,26 @@ class ServeConfig:
         "padded tokens per forward pass: a batch runs longest first in passes of this size (less padding)",
         default=4096,
     )
-    max_texts: int = _help("texts in one request", default=1024)
-    max_text_chars: int = _help("characters in one text (longer: 413, before tokenising)", default=200_000)
+    max_texts: int = _help("texts in one request: /score responses or /get_reward queries", default=1024)
+    max_text_chars: int = _help(
+        "characters in one text: a string or a message list's contents (longer: 413, before tokenising)",
+        default=200_000,
+    )
+    max_messages: int = _help("messages in one text: a /score prompt or response given as messages", default=256)
+    max_request_chars: int = _help(
+        "characters one request has tokenised: its texts', a /score prompt's once per response", default=2_000_000
+    )
+    max_request_messages: int = _help(
+        "messages one request has rendered: its texts', a /score prompt's once per response", default=65_536
+    )
+    max_request_tokens: int = _help(
+        "tokens the model reads for one request: its texts' after the cut to max_length", default=262_144
+    )
     max_body_mb: float = _help("request body size limit in MiB", default=32.0)
     request_timeout_s: float = _help(
-        "a request waiting longer for the model gets 503 (OpenRLHF's client waits 180 s)", default=170.0
+        "a request without a result this long after it arrived gets 503: encoding and the model call both count "
+        "(OpenRLHF's client waits 180 s)",
+        default=170.0,
     )
     api_key_env: str = _help(
         "environment variable holding the bearer token clients must send (unset or empty: no token)",
@@ -371,7 +394,7 @@ def parse_config(config_class, argv: list[str]):
     known = {f.name for f in dataclasses.fields(config_class)}
     config_path = _peek_config(argv)
     if config_path:
-        values = yaml.safe_load(Path(config_path).read_text()) or {}
+        values = read_yaml(config_path) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{config_path}: expected a mapping of field names to values")
         values = {key.replace("-", "_"): value for key, value in values.items()}
@@ -386,6 +409,29 @@ def parse_config(config_class, argv: list[str]):
             raise ConfigError(f"{config_path}: {error}") from None
         parser.set_defaults(**values)
     return parser.parse_args_into_dataclasses(args=argv)[0]
+
+
+def read_yaml(path: str | Path):
+    """A YAML file's value, or a one-line ConfigError naming the file, the line and what is wrong.
+
+    Only plain YAML is read (`yaml.safe_load`): a tag such as `!!python/object` is refused, never run.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise ConfigError(f"{path}: cannot read it ({reason})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        if isinstance(error, yaml.constructor.ConstructorError) and "tag" in str(problem):
+            problem = f"{problem} (hafrm reads plain YAML only: no tags)"
+        context = getattr(error, "context", None)
+        what = f"{context}: {problem}" if context and not problem.startswith(str(context)) else problem
+        raise ConfigError(f"{path}: not valid YAML at {where}{what}".replace("\n", " ")) from None
 
 
 def _peek_config(argv: list[str]) -> str | None:

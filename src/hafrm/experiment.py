@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import BonConfig, EvalConfig, RlhfConfig
+from .config import BonConfig, EvalConfig, RlhfConfig, read_yaml
 from .experiment_runs import ExperimentSpec, headline, part_of, reusable_run, run_dir, train_config, train_once
 from .fields import ConfigError, coerce
 from .runrecord import has_run_record
@@ -47,7 +47,7 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> ExperimentSpec
     Everything a run will need is checked here, before anything trains (`check_spec`): a bad value or a
     missing data file stops a dry run as it stops the real one.
     """
-    values = yaml.safe_load(Path(path).read_text()) or {}
+    values = read_yaml(path) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of experiment keys, got {values!r}")
     fields = dataclasses.fields(ExperimentSpec)

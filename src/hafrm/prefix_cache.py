@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .model import forward_rows, position_ids_from_mask, transformer_blocks, unwrap
+from .writes import reserve
 
 CACHE_FILE = "frozen-prefix.f32"
 STORE_VERSION = 1  # bump when what a stored file holds, or how it is computed, changes
@@ -91,6 +92,11 @@ class FrozenPrefixCache:
             path = Path(workdir) / CACHE_FILE
             path.parent.mkdir(parents=True, exist_ok=True)
             states = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(total, hidden))
+            reserve(
+                path,
+                f"the frozen-prefix cache {path}",
+                "; nothing was trained yet: free space, or pass --no-prefix-cache",
+            )
         else:
             states = torch.empty(total, hidden, dtype=torch.float32)
         if not shared:
@@ -174,6 +180,11 @@ class StoredFrozenStates:
         began = time.perf_counter()
         try:
             states = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
+            reserve(
+                partial,
+                f"the frozen-prefix states {path}",
+                "; nothing was trained yet: free space, or pass --no-share-prefix-cache",
+            )
             run_lower_blocks(model, n_frozen, sequences, states, starts, batch_size)
             states.flush()
             del states

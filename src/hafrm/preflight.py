@@ -27,6 +27,7 @@ from .config import (
 )
 from .default_model import ALIASES
 from .fields import ConfigError
+from .rundir import output_dir_problem
 from .runrecord import RUN_RECORD, has_run_record
 
 HUB_TIMEOUT_S = 5.0  # a reachable hub answers in well under a second; an unreachable one must not stall a check
@@ -134,6 +135,64 @@ def hub_problem(flag: str, repo_id: str) -> str | None:
     return None
 
 
+# SmolLM2-135M-Instruct's max_position_embeddings, for the default model before its first conversion.
+DEFAULT_MODEL_POSITIONS = 8192
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+
+
+def _config_of(value: str) -> dict | None:
+    """The config.json of a model (alias, local model or run directory, cached hub id) as a dict, or None."""
+    import json
+
+    if value in ALIASES:
+        from .default_model import converted_dir
+
+        path = converted_dir() / "config.json"
+        return json.loads(path.read_text()) if path.is_file() else {"max_position_embeddings": DEFAULT_MODEL_POSITIONS}
+    directory = Path(value)
+    if directory.is_dir():
+        if (directory / "config.json").is_file():
+            return json.loads((directory / "config.json").read_text())
+        if has_run_record(directory):  # a LoRA run: its base model's config
+            from .runrecord import read_run_record
+
+            base = read_run_record(directory).get("base_model")
+            return _config_of(base) if isinstance(base, str) and base != value else None
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(value, "config.json")
+    except Exception:  # not a valid hub id: check_base_model has said so already
+        return None
+    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+
+
+def model_positions(value: str) -> int | None:
+    """The most tokens a model reads (its config's max_position_embeddings or the like), None where unknown."""
+    try:
+        config = _config_of(value)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    for scope in (config.get("text_config"), config):
+        if isinstance(scope, dict):
+            for key in POSITION_KEYS:
+                if isinstance(scope.get(key), int) and scope[key] > 0:
+                    return scope[key]
+    return None
+
+
+def check_max_length(max_length: int | None, model: str) -> None:
+    """--max-length no longer than the model's positions: past them a forward fails, or reads garbage."""
+    positions = model_positions(model) if max_length is not None else None
+    if positions is not None and max_length > positions:
+        raise ConfigError(
+            f"--max-length must be at most {positions} for {model} (its config's position limit), got {max_length}"
+        )
+
+
 def check_run_dir(flag: str, value: str) -> None:
     """A hafrm output directory (what `hafrm train --output-dir` wrote), read by eval, score and export."""
     path = Path(value)
@@ -217,6 +276,14 @@ def check_trackers(flag: str, value: str) -> None:
             raise ConfigError(f"{flag} {name}: transformers finds no usable {name} here: pip install {package}")
 
 
+def check_output_dir(value: str) -> None:
+    """An output directory that can be one (`hafrm.rundir.output_dir_problem`): not a root, the home or working
+    directory, a file, under a file, or unwritable."""
+    problem = output_dir_problem(value)
+    if problem:
+        raise ConfigError(f"--output-dir {value} {problem}")
+
+
 def check_inputs(cfg) -> None:
     """What a config names exists and can be used: data files, trackers, then the model or run directory
     (last: a hub id missing from the cache costs one short hub request)."""
@@ -226,24 +293,33 @@ def check_inputs(cfg) -> None:
                 check_data(option, value)
         check_trackers("--report-to", cfg.report_to)
         check_base_model("--model", cfg.model)
+        check_max_length(cfg.max_length, cfg.model)
+        check_output_dir(cfg.output_dir)
     elif isinstance(cfg, EvalConfig):
         if cfg.rewardbench is not None and not Path(cfg.rewardbench).exists():
             raise ConfigError(f"--rewardbench {cfg.rewardbench}: no such file or directory")
         if cfg.rewardbench is None:
             check_data("--data", cfg.data)
         check_run_dir("--model", cfg.model)
+        check_max_length(cfg.max_length, cfg.model)
     elif isinstance(cfg, (ScoreConfig, ExportConfig, ServeConfig)):
         check_run_dir("--model", cfg.model)
-        if isinstance(cfg, ExportConfig) and Path(cfg.output_dir).resolve() == Path(cfg.model).resolve():
-            raise ConfigError(f"--output-dir {cfg.output_dir}: the merged model must go to another directory")
+        if isinstance(cfg, ExportConfig):
+            if Path(cfg.output_dir).resolve() == Path(cfg.model).resolve():
+                raise ConfigError(f"--output-dir {cfg.output_dir}: the merged model must go to another directory")
+            check_output_dir(cfg.output_dir)
+        else:
+            check_max_length(cfg.max_length, cfg.model)
     elif isinstance(cfg, BonConfig):
         check_prompts("--prompts", cfg.prompts)
         check_base_model("--policy", cfg.policy)
+        check_output_dir(cfg.output_dir)
     elif isinstance(cfg, RlhfConfig) and not cfg.compare:  # --compare reads two finished runs, nothing else
         check_prompts("--prompts", cfg.prompts)
         check_prompts("--eval-prompts", cfg.eval_prompts)
         check_trackers("--report-to", cfg.report_to)
         check_base_model("--policy", cfg.policy)
+        check_output_dir(cfg.output_dir)
     elif isinstance(cfg, StatsConfig):
         for spec in cfg.data:
             check_data("--data", spec)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .default_model import cache_root
 from .model import SCORE_HEAD, hybrid_forward
+from .writes import disk_full_message, is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,14 @@ def write_cache(path, logps: torch.Tensor, key: str) -> None:
         partial.replace(path)
     except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
         partial.unlink(missing_ok=True)
-        print(f"warning: could not write the reference cache {path} ({error}); going on without caching it")
+        after = "; going on without caching it"
+        size = logps.numel() * logps.element_size()
+        reason = (
+            disk_full_message(f"the reference cache {path}", path.parent, size, after)
+            if is_disk_full(error, path)
+            else f"could not write the reference cache {path} ({error}){after}"
+        )
+        print(f"warning: {reason}")
 
 
 def reference_key(model, sequences: list[list[int]], prompt_lengths: list[int]) -> str:

@@ -12,7 +12,13 @@ Layout of an output directory:
     checkpoint-N/             Trainer checkpoints with their run record; `hafrm-checkpoint.json` inside,
                               written last, lists every file's size and sha256: without it, incomplete
     discarded/checkpoint-N/   incomplete or corrupt checkpoints moved aside by --resume
+    .final-partial/           the final model while it is written; renamed into place file by file, record last
     hafrm.json ...            the final model, its run record written last (present: the run finished)
+
+The directory is hafrm's alone: a directory that holds files but no hafrm run is refused, and so are a
+filesystem root, the home directory and the working directory itself (`output_dir_problem`);
+`--overwrite` removes only the names hafrm, the Trainer and peft write there (`OURS`). Lock and record
+files are never opened through a symbolic link (`hafrm.writes`).
 
 The run record's fields, and its one writer and reader, are `hafrm.runrecord`'s.
 """
@@ -20,6 +26,7 @@ The run record's fields, and its one writer and reader, are `hafrm.runrecord`'s.
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import hashlib
 import json
 import os
@@ -29,12 +36,25 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .runrecord import RUN_RECORD, atomic_write_text, has_run_record, read_run_record, write_run_record
+from .runrecord import RUN_RECORD, has_run_record, read_run_record, write_run_record
+from .writes import atomic_write_text, open_no_follow, refuse_link, writing
 
 LOCK_FILE = ".hafrm.lock"
 RUN_FILE = "hafrm-run.json"
 CHECKPOINT_MANIFEST = "hafrm-checkpoint.json"
 DISCARDED = "discarded"
+FINAL_PARTIAL = ".final-partial"
+# Every name hafrm writes at the top of an output directory (with the Trainer, transformers' save_pretrained
+# and peft under it): the only entries --overwrite removes. Anything else there is the user's and stays.
+OURS = (
+    LOCK_FILE, RUN_FILE, RUN_RECORD, ".*.partial", FINAL_PARTIAL, "checkpoint-*", DISCARDED,
+    "skipped-rows.jsonl", "frozen-prefix.f32", "eval-*.json", "runs",  # runs/: Trainer's tensorboard logs
+    "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+    "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json", "training_args.bin",
+    "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md", "LOADING.md",
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+)  # fmt: skip
 # Settings that do not change the numbers a run produces: free to change on --resume.
 FREE_ON_RESUME = frozenset(
     {"resume", "overwrite", "output_dir", "report_to", "logging_steps", "eval_batch_size", "save_total_limit"}
@@ -73,6 +93,37 @@ class RunDirectoryError(ValueError):
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (a full disk, a lost mount); the earlier ones are untouched."""
+
+
+def is_ours(name: str) -> bool:
+    """Whether an entry at the top of an output directory is one hafrm writes (`OURS`)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in OURS)
+
+
+def output_dir_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be an output directory at all, or None (checked before anything loads).
+
+    Refused: a filesystem root, the home directory, the working directory itself (an --overwrite there
+    would clear what the user keeps beside), a file, a path under a file, a directory hafrm cannot write.
+    """
+    path = Path(path).expanduser()
+    resolved = path.resolve()
+    if resolved == Path(resolved.anchor):
+        return "is a filesystem root"
+    if resolved == Path.home().resolve():
+        return "is the home directory"
+    if resolved == Path.cwd().resolve():
+        return "is the working directory itself; name a directory inside it (runs/x)"
+    existing = path
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if existing == path and not path.is_dir():
+        return "is a file, not a directory" if path.exists() else "is a broken symbolic link"
+    if not existing.is_dir():
+        return f"cannot be made: {existing} is a file, not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot be written: {existing} is not writable by this user"
+    return None
 
 
 def file_sha256(path: Path) -> str:
@@ -116,6 +167,27 @@ def checkpoint_problem(checkpoint: str | Path) -> str | None:
     return None
 
 
+def refused_files_message(checkpoint: Path, error: Exception) -> str:
+    """Why --resume stopped at a checkpoint file that torch.load(weights_only=True) refuses, naming the files."""
+    import torch
+
+    refused = []
+    # training_args.bin is a pickle Trainer writes and never loads
+    loaded = [p for p in checkpoint.iterdir() if p.suffix in {".pt", ".pth", ".bin"} and p.name != "training_args.bin"]
+    for path in sorted(loaded):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # an unpickling error, or a file that is no torch archive at all
+            refused.append(path.name)
+    named = ", ".join(refused) or "a file"
+    reason = str(error).strip().split(". ")[0].splitlines()[0] if str(error).strip() else type(error).__name__
+    return (
+        f"--resume {checkpoint}: torch refuses to load {named} with weights_only=True, which hafrm always asks for "
+        f"({reason[:160]}): it holds Python objects besides tensors (written by other code, or changed since); "
+        "resume from another checkpoint (--resume PATH) or start over with --overwrite"
+    )
+
+
 class RunDirectory:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -125,10 +197,13 @@ class RunDirectory:
     def hold(self):
         """Hold the directory's lock for the block; raise RunDirectoryError at once when another run holds it.
 
-        An flock dies with its process, so a run killed with -9 never leaves a stale lock behind.
+        An flock dies with its process, so a run killed with -9 never leaves a stale lock behind. The
+        directory is checked first (`check_ours`): nothing is written into a directory that is not hafrm's.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / LOCK_FILE, "a+")
+        self.check_ours()
+        with writing(f"the lock file {self.path / LOCK_FILE}", self.path, after="; nothing was changed"):
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = os.fdopen(open_no_follow(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT), "r+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -140,17 +215,46 @@ class RunDirectory:
                 "or choose another --output-dir"
             ) from None
         try:
-            handle.seek(0)
-            handle.truncate()
             started = time.strftime("%Y-%m-%d %H:%M:%S")
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
-            handle.flush()
+            try:
+                with writing(f"the lock file {self.path / LOCK_FILE}", self.path, after="; nothing was changed"):
+                    handle.seek(0)
+                    handle.truncate()
+                    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+                    handle.flush()
+            except BaseException:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+                raise
             yield self
         finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
+            if not handle.closed:
+                handle.seek(0)
+                handle.truncate()
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+
+    def check_ours(self) -> None:
+        """RunDirectoryError where the path cannot be an output directory (`output_dir_problem`), or where it is
+        a directory that holds files but no hafrm run (hafrm does not write into, or clear, what is not its own)."""
+        problem = output_dir_problem(self.path)
+        if problem:
+            raise RunDirectoryError(f"--output-dir {self.path} {problem}")
+        for name in (LOCK_FILE, RUN_FILE, RUN_RECORD):
+            refuse_link(self.path / name)
+        if not self.path.is_dir() or self.recorded_run() is not None:
+            return
+        traces = (LOCK_FILE, ".*.partial", FINAL_PARTIAL, "skipped-rows.jsonl", "frozen-prefix.f32")  # a run that
+        # stopped before its record was written leaves these only
+        foreign = sorted(
+            entry.name for entry in self.path.iterdir() if not any(fnmatch.fnmatchcase(entry.name, t) for t in traces)
+        )
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise RunDirectoryError(
+                f"--output-dir {self.path} holds files that are not a hafrm run ({shown}); hafrm writes only "
+                "into an empty or new directory, or one of its own runs: choose another --output-dir"
+            )
 
     # --- what the directory holds -----------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
@@ -184,8 +288,9 @@ class RunDirectory:
             return []
         if overwrite:
             described = self.describe()
-            self.clear()
-            return [f"note: --overwrite: cleared {self.path} ({described})"]
+            kept = self.clear()
+            left = f"; left in place, not hafrm's: {', '.join(kept)}" if kept else ""
+            return [f"note: --overwrite: cleared {self.path} ({described}){left}"]
         if resume:
             return []
         raise RunDirectoryError(
@@ -193,15 +298,19 @@ class RunDirectory:
             "or choose another --output-dir"
         )
 
-    def clear(self) -> None:
-        """Delete everything but the lock file (held by this process)."""
-        for entry in self.path.iterdir():
+    def clear(self) -> list[str]:
+        """Delete what hafrm wrote (`OURS`) but the lock file (held by this process) -> the names left in place."""
+        kept = []
+        for entry in sorted(self.path.iterdir()):
             if entry.name == LOCK_FILE:
                 continue
-            if entry.is_dir() and not entry.is_symlink():
+            if not is_ours(entry.name):
+                kept.append(entry.name)
+            elif entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
+        return kept
 
     # --- resuming ---------------------------------------------------------------------------------
     def resume_point(self, resume: str | None, main_process: bool = True) -> tuple[Path | None, list[str]]:
@@ -259,7 +368,33 @@ class RunDirectory:
             for text in changed.values()
         ]
 
+    def finished_at(self, checkpoint: Path | None) -> int | None:
+        """The step count of a run that trained all its steps and saved its final model, resumed from `checkpoint`
+        with the length it was started with; None otherwise (a run to continue, or to finish saving)."""
+        state = checkpoint / "trainer_state.json" if checkpoint is not None else None
+        if state is None or not state.is_file() or not has_run_record(self.path):
+            return None
+        try:
+            values = json.loads(state.read_text())
+            step, planned = int(values["global_step"]), int(values["max_steps"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        return step if step >= planned > 0 else None
+
     def start(self, record: dict) -> None:
         """Write the run record as RUN_FILE; a finished run's final one goes (it is written again at the end)."""
         write_run_record(self.path, record, name=RUN_FILE)
         (self.path / RUN_RECORD).unlink(missing_ok=True)
+
+
+def move_into_place(partial: Path, directory: Path) -> None:
+    """Move a model written in `partial` (a folder inside `directory`) up into `directory`, its run record last:
+    each rename replaces one file at once, and the record's presence says the whole model is there."""
+    entries = sorted(partial.iterdir(), key=lambda entry: entry.name == RUN_RECORD)
+    for entry in entries:
+        target = directory / entry.name
+        refuse_link(target)
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    partial.rmdir()

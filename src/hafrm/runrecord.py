@@ -33,13 +33,13 @@ Fields:
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 from . import __version__
 from .config import TrainConfig
 from .losses import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_POLICY_LOSS, DEFAULT_SIMPO_GAMMA
+from .writes import atomic_write_text, refuse_link
 
 RUN_RECORD = "hafrm.json"
 # TrainConfig fields that say where a run went and how its directory was treated, not what ran.
@@ -86,6 +86,7 @@ def read_run_record(directory: str | Path, name: str = RUN_RECORD, fill_in: bool
     `hafrm.rundir` writes when a run starts.
     """
     path = Path(directory) / name
+    refuse_link(path)  # a record is hafrm's own file: never read or replaced through a link
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a hafrm output directory: {name} is missing")
     record = json.loads(path.read_text())
@@ -101,14 +102,3 @@ def write_run_record(directory: str | Path, record: dict, name: str = RUN_RECORD
 def update_run_record(directory: str | Path, **values) -> None:
     """Add `values` to the record in `directory` (the validation reward moments, known when training ends)."""
     write_run_record(directory, {**read_run_record(directory, fill_in=False), **values})
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a temporary sibling and a rename: readers see the old or the new file.
-
-    How every hafrm bookkeeping file is written: the run record here, checkpoint manifests in `hafrm.rundir`.
-    """
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)

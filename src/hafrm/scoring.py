@@ -16,7 +16,8 @@ Kinds, told apart by what the directory holds (`reward_kind`):
 
 The rule for an item (docs/checkpoints.md, "One reward everywhere"), `encode_item`:
   tokenisation  a (prompt, response) item as training tokenises a pair's side (`encode_response`); a full
-                text (a decoded rollout) made canonical first (`encode_text`)
+                text (a decoded rollout) made canonical first (`encode_text`); many responses to one prompt
+                (`encode_responses_to`, the server's /score) give the same ids with the prompt rendered once
   truncation    the training rule (`data.tokenize.fit_to_length`): the prompt loses its start, down to half
                 of max_length, then the response its end. A full text has no known prompt: it is all prompt,
                 so it loses its start (the end, where the reward is read, stays)
@@ -27,13 +28,14 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .checkpoint import load_base_model, load_trained, run_tokenizer
-from .data.templates import encode_response, encode_text
+from .data.templates import encode_responses, encode_text
 from .data.tokenize import fit_to_length
 from .devices import to_scoring_device
 from .inference import score_sequences
@@ -69,6 +71,10 @@ def reward_kind(directory: str | Path) -> str:
     )
 
 
+class ScoringStopped(Exception):
+    """A model call given up between passes (`RewardModel.rewards_in_passes`)."""
+
+
 @dataclass
 class EncodedItem:
     ids: list[int]  # what the model reads, cut to max_length
@@ -83,10 +89,22 @@ class EncodedItem:
 def encode_item(tokenizer, item, max_length: int, where: str) -> EncodedItem:
     """A (prompt, response) item or a full text -> its token ids by the one tokenisation and truncation rule."""
     if isinstance(item, str):
-        prompt_ids, response_ids = encode_text(tokenizer, item), []
-    else:
-        prompt, response = item
-        prompt_ids, response_ids = encode_response(tokenizer, prompt, response, where)
+        return _fitted(encode_text(tokenizer, item), [], max_length)
+    prompt, response = item
+    return next(encode_responses_to(tokenizer, prompt, [response], max_length, [where]))
+
+
+def encode_responses_to(
+    tokenizer, prompt, responses: list, max_length: int, wheres: list[str]
+) -> Iterator[EncodedItem]:
+    """`encode_item` of (prompt, response) for each response, in order and identical; the prompt alone is rendered
+    and tokenised once (`templates.encode_responses`). A generator: a server stops between responses."""
+    for prompt_ids, response_ids in encode_responses(tokenizer, prompt, responses, wheres):
+        yield _fitted(prompt_ids, response_ids, max_length)
+
+
+def _fitted(prompt_ids: list[int], response_ids: list[int], max_length: int) -> EncodedItem:
+    """The training rule's cut (`fit_to_length`) of one item; a full text (no response ids) is all prompt."""
     fitted_prompt, fitted_response, _ = fit_to_length(prompt_ids, response_ids, response_ids, max_length)
     prompt_length = len(fitted_prompt) if response_ids else 0
     return EncodedItem(fitted_prompt + fitted_response, prompt_length, len(prompt_ids) + len(response_ids))
@@ -170,6 +188,10 @@ class RewardModel:
 
     def encode_one(self, item, where: str) -> EncodedItem:
         return encode_item(self.tokenizer, item, self.max_length, where)
+
+    def encode_responses(self, prompt, responses: list, wheres: list[str]) -> Iterator[EncodedItem]:
+        """`encode_one` of (prompt, response) for each response, the prompt rendered once."""
+        return encode_responses_to(self.tokenizer, prompt, responses, self.max_length, wheres)
 
     def encode(self, items: list, where: str = "item") -> tuple[list[list[int]], list[int]]:
         """Items -> (token ids, prompt lengths); `self.truncated` counts the items that were cut."""
@@ -317,11 +339,14 @@ class RewardModel:
         return values
 
     @torch.no_grad()
-    def rewards_in_passes(self, sequences: list[list[int]], prompt_lengths: list[int], pass_tokens: int = 4096):
+    def rewards_in_passes(
+        self, sequences: list[list[int]], prompt_lengths: list[int], pass_tokens: int = 4096, stop=None
+    ) -> list[float]:
         """Rewards in input order for the server's batches (texts of many requests): a reward head's longest first,
         in passes of about `pass_tokens` tokens, packed end to end in rows as wide as the longest where the run
         trained packed (checked to hold for its model), else padded to each pass's longest; other kinds by
-        `rewards`, where the prompt lengths place an implicit reward's response."""
+        `rewards`, where the prompt lengths place an implicit reward's response. `stop()`, asked before each pass
+        of a reward head, True: `ScoringStopped` (nobody waits for these rewards any more)."""
         from .data.collator import pack_rows
 
         if self.kind != "reward head":
@@ -332,6 +357,8 @@ class RewardModel:
         values = [0.0] * len(sequences)
         start = 0
         while start < len(order):
+            if stop is not None and stop():
+                raise ScoringStopped(f"stopped after {start} of {len(order)} texts: nobody waits for their rewards")
             longest = len(sequences[order[start]])
             count, tokens = 0, 0
             for i in order[start:]:  # packed: real tokens count; padded: every text costs the longest

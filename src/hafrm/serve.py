@@ -8,11 +8,13 @@ Endpoints:
                       -> {"rewards": [r], "scores": [r], "extra_logs": {"truncated": [0 | 1]}}; a query is the
                       full prompt + response text with the chat template applied, scored as `hafrm score --text`
     POST /score       {"prompt": text | [message], "responses": [text | [message]]} -> {"rewards", "truncated"}
-    GET  /health      model, method, max length, device, normalisation, batching
+    GET  /health      {"status": "ok"}, or "degraded" with 503 while a request's work runs past request_timeout_s;
+                      model, method, max length, device, ... too, unless an API key is set and not sent
     GET  /metrics     Prometheus text: requests, latency, batch sizes, queue depth, truncations, errors by kind
 
-Every malformed request gets a 4xx with {"error": "what is wrong"}; a failed model call is a 503 with
-its reason, and the server stays up.
+Every malformed or too large request gets a 4xx with {"error": "what is wrong"}, before any work (the limits:
+`serve_limits`); a failed model call, or no result within `request_timeout_s` of the request's arrival, is a 503
+with its reason, and the server stays up. The work of a request whose client left is dropped.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import asyncio
 import hmac
 import json
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -30,8 +31,22 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from .config import ServeConfig
+from .serve_limits import (
+    LARGE_REQUEST,
+    DuplicateKey,
+    InFlight,
+    Measured,
+    ServeError,
+    answer,
+    check_request,
+    check_tokens,
+    client_gone,
+    release_memory,
+    unique_keys,
+)
 
 Text = StrictStr
 
@@ -40,14 +55,6 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: StrictStr
     content: StrictStr
-
-
-class ServeError(Exception):
-    """A request that cannot be served: the HTTP status, a stable kind (for /metrics) and the message."""
-
-    def __init__(self, status: int, kind: str, message: str):
-        super().__init__(message)
-        self.status, self.kind, self.message = status, kind, message
 
 
 class GetRewardRequest(BaseModel):
@@ -88,6 +95,7 @@ class Metrics:
                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))  # fmt: skip
         self.queue_depth = Gauge("hafrm_queue_depth", "requests waiting for the model", registry=self.registry)
         self.truncated = Counter("hafrm_truncated_texts", "texts cut to max_length", registry=self.registry)
+        self.encoded = Counter("hafrm_encoded_texts", "texts tokenised", registry=self.registry)
         self.errors = Counter("hafrm_errors", "refused or failed requests by kind", ["kind"], registry=self.registry)
 
     def text(self) -> bytes:
@@ -99,7 +107,9 @@ class Metrics:
 class Batcher:
     """Requests queue here; one task scores them together, up to `max_tokens` padded tokens or `max_wait_s`.
 
-    Each request's texts go in and come out as one slice of the batch, so replies never mix.
+    Each request's texts go in and come out as one slice of the batch, so replies never mix. A job whose
+    request was given up (its future cancelled: the client left or timed out) is skipped, never scored, and a
+    model call whose every request was given up stops at its next forward pass.
     """
 
     def __init__(self, score, max_tokens: int, max_wait_s: float, enabled: bool, metrics: Metrics):
@@ -109,16 +119,17 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1)  # one model call at a time, off the event loop
         self._held = None  # a request that did not fit the last batch: it opens the next one
 
-    async def submit(self, sequences: list[tuple[list[int], int]]) -> list[float]:
+    async def submit(self, sequences: list[tuple[list[int], int]], work) -> list[float]:
         """A request's (token ids, prompt length) per text -> their rewards, once its batch has run."""
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((sequences, future))
+        work.queued = True
+        await self.queue.put((sequences, future, work))
         self.metrics.queue_depth.set(self.queue.qsize())
         return await future
 
     @staticmethod
     def _padded(jobs) -> int:
-        lengths = [len(ids) for sequences, _ in jobs for ids, _ in sequences]
+        lengths = [len(ids) for sequences, _, _ in jobs for ids, _ in sequences]
         return len(lengths) * max(lengths, default=0)
 
     async def _collect(self) -> list:
@@ -142,23 +153,34 @@ class Batcher:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            jobs = [job for job in await self._collect() if not job[1].done()]  # a timed-out client left
+            jobs = []
+            for job in await self._collect():
+                if job[1].done():  # given up: the client left or timed out
+                    job[2].queued = False
+                else:
+                    jobs.append(job)
             self.metrics.queue_depth.set(self.queue.qsize())
             if not jobs:
                 continue
-            flat = [ids for sequences, _ in jobs for ids in sequences]
+            flat = [ids for sequences, _, _ in jobs for ids in sequences]
             self.metrics.batch_texts.observe(len(flat))
+
+            def given_up(jobs=jobs) -> bool:  # every request of the batch left or timed out: stop at the next pass
+                return all(work.stopped for _, _, work in jobs)
+
             try:
-                values = await loop.run_in_executor(self.executor, self.score, flat)
+                values = await loop.run_in_executor(self.executor, self.score, flat, given_up)
             except Exception as error:  # the model failed (out of memory, ...): these requests get 503
-                for _, future in jobs:
+                for _, future, work in jobs:
+                    work.queued = False
                     if not future.done():
                         future.set_exception(
                             ServeError(503, "model", f"the model call failed: {type(error).__name__}: {error}")
                         )
                 continue
             start = 0
-            for sequences, future in jobs:
+            for sequences, future, work in jobs:
+                work.queued = False
                 if not future.done():
                     future.set_result(values[start : start + len(sequences)])
                 start += len(sequences)
@@ -170,76 +192,71 @@ def _plain(value):
 
 
 class RewardService:
-    """Request items -> token ids under the guards; the batched model call behind them."""
+    """Request texts -> token ids under the guards (`serve_limits`); the batched model call behind them."""
 
     def __init__(self, head, cfg: ServeConfig, metrics: Metrics):
         self.head, self.cfg, self.metrics = head, cfg, metrics
+        self.in_flight = InFlight()
 
-        def score(flat: list[tuple[list[int], int]]) -> list[float]:
+        def score(flat: list[tuple[list[int], int]], stop) -> list[float]:
             ids, prompt_lengths = zip(*flat)
-            return head.rewards_in_passes(list(ids), list(prompt_lengths), cfg.pass_tokens)
+            return head.rewards_in_passes(list(ids), list(prompt_lengths), cfg.pass_tokens, stop=stop)
 
         self.batcher = Batcher(score, cfg.max_batch_tokens, cfg.max_wait_ms / 1000, cfg.batching, metrics)
 
-    def _checked_text(self, value, where: str) -> None:
-        texts = (
-            [value]
-            if isinstance(value, str)
-            else [part for message in value for part in (message.role, message.content)]
-        )
-        for text in texts:
-            if len(text) > self.cfg.max_text_chars:
-                raise ServeError(
-                    413, "too long", f"{where} has {len(text)} characters; the limit is {self.cfg.max_text_chars}"
-                )
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ServeError(
-                    422, "bad text", f"{where} holds a lone surrogate: it is not valid Unicode text"
-                ) from None
+    def encode(self, prompt, texts: list, where: str, work, chars: int):
+        """In a worker thread: texts (responses to `prompt`, or full texts when it is None) -> ((token ids, prompt
+        length), 1 where the text was cut); stops between texts once the request is given up or late."""
+        work.encoding = True
+        try:
+            return self._encode(prompt, texts, where, work)
+        finally:
+            work.encoding = False
+            if chars > LARGE_REQUEST:
+                release_memory()  # the rendered texts and their tokenisations are gone by now
 
-    def encode(self, items: list[tuple], where: str) -> tuple[list[tuple[list[int], int]], list[int]]:
-        """(prompt, response) or (None, full text) items -> ((token ids, prompt length), 1 where the text was cut)."""
+    def _encode(self, prompt, texts: list, where: str, work):
         from .data import DataError
 
-        sequences, truncated = [], []
-        for i, (prompt, response) in enumerate(items):
-            place = f"{where}[{i}]"
-            self._checked_text(response, place)
-            prompt, response = _plain(prompt), _plain(response)
+        places = [f"{where}[{i}]" for i in range(len(texts))]
+        if prompt is None:
+            encoded = (self.head.encode_one(text, place) for text, place in zip(texts, places))
+        else:  # the prompt rendered and tokenised once, each prompt + response as `encode_one` gives it
+            encoded = self.head.encode_responses(_plain(prompt), [_plain(text) for text in texts], places)
+        sequences, truncated, tokens = [], [], 0
+        for place in places:
+            work.check()
             try:
-                encoded = self.head.encode_one(response if prompt is None else (prompt, response), place)
+                item = next(encoded)
             except DataError as error:
-                raise ServeError(422, "bad text", f"{place}: {error}") from None
+                message = str(error) if str(error).startswith(place) else f"{place}: {error}"
+                raise ServeError(422, "bad text", message) from None
             except Exception as error:  # what a chat template raises for messages it does not take (jinja, ...)
                 refused = f"{place}: the chat template refused it ({type(error).__name__}: {str(error)[:200]})"
                 raise ServeError(422, "bad text", refused) from None
-            ids = encoded.ids
+            self.metrics.encoded.inc()
+            ids = item.ids
             if not ids or ids[-1] == self.head.tokenizer.pad_token_id:
                 raise ServeError(422, "bad text", f"{place}: no token to read a reward at (empty, or ends on the pad)")
-            if encoded.cut and self.cfg.reject_long:
+            if item.cut and self.cfg.reject_long:
                 limit = self.head.max_length
-                raise ServeError(413, "too long", f"{place} has {encoded.length} tokens; the limit is {limit}")
-            sequences.append((ids, encoded.prompt_length))  # cut by the training rule (`scoring.encode_item`)
-            truncated.append(int(encoded.cut))
+                raise ServeError(
+                    413, "too long", f"{place} has {item.length} tokens; the limit is {limit} (--max-length)"
+                )
+            tokens += len(ids)
+            check_tokens(self.cfg, tokens, place)
+            sequences.append((ids, item.prompt_length))  # cut by the training rule (`scoring.encode_item`)
+            truncated.append(int(item.cut))
         self.metrics.truncated.inc(sum(truncated))
         return sequences, truncated
 
-    async def rewards(self, items: list[tuple], where: str, normalize: bool) -> tuple[list[float], list[int]]:
-        if len(items) > self.cfg.max_texts:
-            raise ServeError(
-                413, "too many texts", f"{len(items)} texts in one request; the limit is {self.cfg.max_texts}"
-            )
-        if not items:
+    async def rewards(self, prompt, texts: list, where: str, normalize: bool, work) -> tuple[list[float], list[int]]:
+        """The checked request's rewards: refused before any work past a limit, stopped with it (see `answer`)."""
+        chars = check_request(self.cfg, prompt, texts, where)
+        if not texts:
             return [], []
-        sequences, truncated = await asyncio.to_thread(self.encode, items, where)
-        try:
-            values = await asyncio.wait_for(self.batcher.submit(sequences), self.cfg.request_timeout_s)
-        except TimeoutError:
-            raise ServeError(
-                503, "timeout", f"no model result within {self.cfg.request_timeout_s:g} s (the server is overloaded)"
-            ) from None
+        sequences, truncated = await asyncio.to_thread(self.encode, prompt, texts, where, work, chars)
+        values = await self.batcher.submit(sequences, work)
         return (self.head.normalized(values) if normalize else values), truncated
 
 
@@ -260,6 +277,7 @@ def create_app(head, cfg: ServeConfig, api_key: str | None = None):
         service.batcher.executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="hafrm reward server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(Measured, metrics=metrics, endpoints=ENDPOINTS)
 
     @app.exception_handler(ServeError)
     async def refused(request, error: ServeError):
@@ -271,34 +289,34 @@ def create_app(head, cfg: ServeConfig, api_key: str | None = None):
         metrics.errors.labels("http").inc()
         return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        endpoint = request.url.path if request.url.path in ENDPOINTS else "other"
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-        return response
+    def authorised(request: Request) -> bool:
+        given = request.headers.get("authorization", "").encode("latin-1", "replace")
+        return api_key is None or hmac.compare_digest(given, f"Bearer {api_key}".encode("latin-1", "replace"))
 
     def authorise(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "").encode("latin-1", "replace")
-        if not hmac.compare_digest(given, f"Bearer {api_key}".encode("latin-1", "replace")):
+        if not authorised(request):
             raise ServeError(401, "auth", "missing or wrong bearer token (Authorization: Bearer KEY)")
 
     async def read_body(request: Request, model):
-        authorise(request)
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise ServeError(413, "body too large", f"the body has {declared} bytes; the limit is {limit}")
+            raise ServeError(
+                413, "body too large", f"the body has {declared} bytes; the limit is {limit} (--max-body-mb)"
+            )
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ServeError(413, "body too large", f"the body exceeds {limit} bytes")
         try:
-            value = json.loads(bytes(body))
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ServeError(413, "body too large", f"the body exceeds {limit} bytes (--max-body-mb)")
+        except ClientDisconnect:
+            raise client_gone() from None
+        try:
+            value = json.loads(bytes(body), object_pairs_hook=unique_keys)
+        except DuplicateKey as error:
+            raise ServeError(
+                400, "bad json", f"the key {error.args[0][:80]!r} appears twice in one object; give each field once"
+            ) from None
         except (ValueError, RecursionError) as error:
             raise ServeError(
                 400, "bad json", f"the body is not valid JSON ({type(error).__name__}: {str(error)[:200]})"
@@ -310,32 +328,57 @@ def create_app(head, cfg: ServeConfig, api_key: str | None = None):
         except RecursionError:
             raise ServeError(422, "bad request", "the body is nested too deeply") from None
 
+    async def handle(request: Request, model, respond):
+        """One scoring request under one deadline from its arrival: body, checks, encoding and model call."""
+        work = service.in_flight.start(cfg.request_timeout_s)
+        try:
+            authorise(request)
+            try:
+                body = await asyncio.wait_for(read_body(request, model), work.remaining())
+            except TimeoutError:
+                raise ServeError(
+                    408, "timeout", f"the body did not arrive within {cfg.request_timeout_s:g} s (--request-timeout-s)"
+                ) from None
+            return await answer(request, work, respond(body, work))
+        finally:
+            work.answering = False
+
     @app.post("/get_reward")
     async def get_reward(request: Request):
-        body = await read_body(request, GetRewardRequest)
-        if body.prompts is not None and len(body.prompts) != len(body.query):
-            raise ServeError(422, "bad request", f"prompts: {len(body.prompts)} prompts for {len(body.query)} queries")
-        items = [(None, text) for text in body.query]
-        rewards, truncated = await service.rewards(items, "query", cfg.normalize)
-        return {"rewards": rewards, "scores": rewards, "extra_logs": {"truncated": truncated}}
+        async def respond(body: GetRewardRequest, work):
+            if body.prompts is not None and len(body.prompts) != len(body.query):
+                raise ServeError(
+                    422, "bad request", f"prompts: {len(body.prompts)} prompts for {len(body.query)} queries"
+                )
+            rewards, truncated = await service.rewards(None, body.query, "query", cfg.normalize, work)
+            return {"rewards": rewards, "scores": rewards, "extra_logs": {"truncated": truncated}}
+
+        return await handle(request, GetRewardRequest, respond)
 
     @app.post("/score")
     async def score(request: Request):
-        body = await read_body(request, ScoreRequest)
-        service._checked_text(body.prompt, "prompt")
-        normalize = cfg.normalize if body.normalize is None else body.normalize
-        items = [(body.prompt, response) for response in body.responses]
-        rewards, truncated = await service.rewards(items, "responses", normalize)
-        return {"rewards": rewards, "truncated": truncated}
+        async def respond(body: ScoreRequest, work):
+            normalize = cfg.normalize if body.normalize is None else body.normalize
+            rewards, truncated = await service.rewards(body.prompt, body.responses, "responses", normalize, work)
+            return {"rewards": rewards, "truncated": truncated}
+
+        return await handle(request, ScoreRequest, respond)
 
     @app.get("/health")
-    async def health():
+    async def health(request: Request):
+        # degraded (503, what load balancers and k8s probes act on) while a request's work runs past the timeout
+        oldest = service.in_flight.oldest_age()
+        status = "degraded" if oldest > cfg.request_timeout_s else "ok"
+        code = 503 if status == "degraded" else 200
+        if not authorised(request):  # with an API key, strangers learn only whether the server is up
+            return JSONResponse({"status": status}, status_code=code)
         run = head.run
-        return {
-            "status": "ok", "model": str(head.directory), "method": run.get("method"), "max_length": head.max_length,
-            "device": head.device, "normalize": cfg.normalize, "batching": cfg.batching,
-            "max_batch_tokens": cfg.max_batch_tokens, "queue_depth": service.batcher.queue.qsize(),
-        }  # fmt: skip
+        return JSONResponse({
+            "status": status, "oldest_request_s": round(oldest, 3), "model": str(head.directory),
+            "method": run.get("method"), "max_length": head.max_length, "device": head.device,
+            "normalize": cfg.normalize, "batching": cfg.batching, "max_batch_tokens": cfg.max_batch_tokens,
+            "queue_depth": service.batcher.queue.qsize(),
+        }, status_code=code)  # fmt: skip
 
     @app.get("/metrics")
     async def prometheus(request: Request):

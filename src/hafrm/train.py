@@ -11,6 +11,8 @@ import contextlib
 import hashlib
 import logging
 import os
+import pickle
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,9 +31,10 @@ from .layout import LAYOUT_TOLERANCE, layout_tolerance, packing_error, sharing_e
 from .objective import Objective
 from .prefix_cache import FrozenPrefixCache, cache_error
 from .reference import add_reference_logps, dataset_fingerprint, model_fingerprint
-from .rundir import RunDirectory
+from .rundir import FINAL_PARTIAL, RunDirectory, RunDirectoryError, move_into_place, refused_files_message
 from .runrecord import build_run_record, update_run_record
-from .trainer import EpochTimer, HybridTrainer
+from .trainer import EpochTimer, HybridTrainer, saved_bytes
+from .writes import writing
 
 logger = logging.getLogger(__name__)
 PACKING_TOLERANCE = SHARING_TOLERANCE = LAYOUT_TOLERANCE
@@ -273,8 +276,16 @@ def _train(cfg: TrainConfig, run_dir: RunDirectory, state: PartialState, callbac
         checkpoint, notes = run_dir.resume_point(cfg.resume, main_process=state.is_main_process)
         for note in notes:
             say(note)
-        for note in run_dir.check_same_run(record, checkpoint):
+        length_notes = run_dir.check_same_run(record, checkpoint)
+        for note in length_notes:
             say(note)
+        finished = run_dir.finished_at(checkpoint) if not length_notes else None
+        if finished is not None:
+            say(
+                f"--resume: {cfg.output_dir} is a finished run (step {finished} of {finished}; its final model is "
+                "saved): nothing to train. To train longer, pass a larger --max-steps or --epochs with --resume"
+            )
+            return {"finished": True, "steps": finished}
         if state.is_main_process:
             run_dir.start(record)
         prefix_cache, train_set, eval_set = frozen_prefix_cache(
@@ -305,12 +316,16 @@ def _train(cfg: TrainConfig, run_dir: RunDirectory, state: PartialState, callbac
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         except TrainingStopped as stop:
             raise TrainingStopped(f"{stop}. {kept_so_far(trainer)}") from None
+        except pickle.UnpicklingError as error:  # torch.load(weights_only=True) met more than tensors
+            if checkpoint is None:
+                raise
+            raise RunDirectoryError(refused_files_message(checkpoint, error)) from None
         if eval_set is not None:
             trainer.evaluate()  # log the kept (best) checkpoint's figures last
     finally:
         if prefix_cache is not None:
             prefix_cache.close()
-    trainer.save_model(cfg.output_dir)
+    save_final(trainer, cfg.output_dir)
     summary = summarise(trainer)
     summary["epoch_seconds"] = epoch_timer.seconds
     summary["prefix_cache_build_seconds"] = prefix_cache.build_seconds if prefix_cache is not None else None
@@ -318,6 +333,28 @@ def _train(cfg: TrainConfig, run_dir: RunDirectory, state: PartialState, callbac
         record_reward_moments(cfg.output_dir, summary["final"]["eval_reward_mean"], summary["final"]["eval_reward_std"])
     print_summary(summary, cfg)
     return summary
+
+
+def save_final(trainer: HybridTrainer, output_dir: str) -> None:
+    """The final model, written in output_dir/.final-partial and renamed into place with its run record last.
+
+    A save cut short (a full disk, a kill) leaves no half-written model beside the checkpoints, which stay
+    as they were: `--resume` finishes the run from the last one without training a step more.
+    """
+    partial = Path(output_dir) / FINAL_PARTIAL
+    if trainer.args.should_save:
+        shutil.rmtree(partial, ignore_errors=True)
+    after = "; the checkpoints are untouched: free space and run again with --resume"
+    try:
+        with writing(f"the final model {output_dir}", output_dir, saved_bytes(trainer.model), after):
+            trainer.save_model(str(partial))
+    except BaseException:
+        if trainer.args.should_save:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.should_save:
+        move_into_place(partial, Path(output_dir))
 
 
 def frozen_prefix_cache(cfg: TrainConfig, model, objective: Objective, collator, train_set, eval_set, state):

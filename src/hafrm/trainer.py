@@ -12,8 +12,11 @@ Logged metrics (train, and with an `eval_` prefix on validation):
 
 from __future__ import annotations
 
+import errno
+import shutil
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,8 +27,9 @@ from transformers.trainer_utils import rotate_checkpoints
 from .checkpoint import update_config_json, write_adapter_note
 from .guard import NumericalGuard
 from .objective import Objective
-from .rundir import CheckpointWriteError, write_manifest
+from .rundir import FINAL_PARTIAL, CheckpointWriteError, write_manifest
 from .runrecord import write_run_record
+from .writes import DiskFullError, disk_full_message, is_disk_full
 
 
 def pairwise_metrics(eval_prediction) -> dict[str, float]:
@@ -107,10 +111,14 @@ class HybridTrainer(Trainer):
         try:
             super()._save_checkpoint(model, trial)
         except (OSError, RuntimeError, SafetensorError) as error:  # torch.save's full disk is a RuntimeError
-            raise CheckpointWriteError(
-                f"could not write {folder} ({type(error).__name__}: {error}); earlier checkpoints are untouched: "
-                "free space and run again with --resume"
-            ) from error
+            if self.args.should_save:
+                shutil.rmtree(folder, ignore_errors=True)  # half a checkpoint: its space back, nothing to resume from
+            after = "; the earlier checkpoints are untouched: free space and run again with --resume"
+            if is_disk_full(error, folder):
+                raise DiskFullError(
+                    errno.ENOSPC, disk_full_message(f"checkpoint {folder}", folder, checkpoint_bytes(self.model), after)
+                ) from error
+            raise CheckpointWriteError(f"could not write {folder} ({type(error).__name__}: {error}){after}") from error
         finally:
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()
@@ -122,6 +130,14 @@ class HybridTrainer(Trainer):
                 best_model_checkpoint=self.state.best_model_checkpoint,
                 use_mtime=True,
             )
+
+    def _run_epoch(self, *args, **kwargs):
+        # Trainer starts an epoch and checks its step count only after a step; a run resumed at its last
+        # step would train one step more. Never exceed the step count: stop before the epoch instead.
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, metrics, scores = self.objective(model, inputs)
@@ -163,7 +179,22 @@ class HybridTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)
         if self.args.should_save:
-            write_run_record(output_dir or self.args.output_dir, self.run_record)
+            output_dir = Path(output_dir or self.args.output_dir)
+            write_run_record(output_dir, self.run_record)
             if self.run_record["reward_head"]:
-                update_config_json(output_dir or self.args.output_dir)
-                write_adapter_note(output_dir or self.args.output_dir)
+                update_config_json(output_dir)
+                # the final save is written in output_dir/.final-partial and moved up: the note names the run
+                write_adapter_note(output_dir, output_dir.parent if output_dir.name == FINAL_PARTIAL else None)
+
+
+def checkpoint_bytes(model) -> int:
+    """About what a checkpoint takes: the saved weights, and Adam's two moments of every trained parameter."""
+    return saved_bytes(model) + 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def saved_bytes(model) -> int:
+    """About what saving `model` writes: the trained parameters of a LoRA run (adapters, head), else every one."""
+    parameters = list(model.parameters())
+    if hasattr(model, "peft_config"):
+        parameters = [p for p in parameters if p.requires_grad]
+    return sum(p.numel() * p.element_size() for p in parameters)

@@ -60,7 +60,8 @@ RANGES = {
     ServeConfig: {
         "port": ((">=", 0), ("<", 65536)), "max_length": _LENGTH, "max_batch_tokens": _COUNT,
         "max_wait_ms": _NON_NEGATIVE, "pass_tokens": _COUNT, "max_texts": _COUNT, "max_text_chars": _COUNT, "max_body_mb": _POSITIVE,
-        "request_timeout_s": _POSITIVE,
+        "max_messages": _COUNT, "max_request_chars": _COUNT, "max_request_messages": _COUNT,
+        "max_request_tokens": _COUNT, "request_timeout_s": _POSITIVE,
     },
 }  # fmt: skip
 _OPERATORS = {">=": (operator.ge, "at least"), ">": (operator.gt, "above"), "<": (operator.lt, "below"),
@@ -96,6 +97,8 @@ def check_fields(cfg) -> None:
 def _check_train_choices(cfg: TrainConfig) -> None:
     from transformers.trainer_utils import SchedulerType
 
+    if cfg.max_steps == 0:
+        raise ConfigError("--max-steps must be at least 1, or -1 to train for --epochs; got 0")
     if cfg.max_steps <= 0 and cfg.epochs <= 0:
         raise ConfigError(f"--epochs must be above 0 when --max-steps is not set, got {cfg.epochs}")
     schedulers = [scheduler.value for scheduler in SchedulerType]

@@ -148,10 +148,29 @@ def _gunzip(path: Path, jsonl: bool) -> bytes:
     raise DataError(one_line(f"{path}: the gzip archive is truncated or corrupt {where} ({error})"))
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """An object's (key, value) pairs -> dict; a key given twice is an error (json.loads would keep the last)."""
+    value = {}
+    for key, item in pairs:
+        if key in value:
+            raise _DuplicateKey(key)
+        value[key] = item
+    return value
+
+
 def _parse_json(text: str, where: str) -> Any:
-    """json.loads, or a DataError naming `where` and the line and column of the fault."""
+    """json.loads, or a DataError naming `where` and the line and column of the fault, or the key given twice."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as error:
+        raise DataError(
+            one_line(f"{where}: the key {error.args[0]!r} appears twice in one object (JSON would keep the last "
+                     "silently); give each field once")
+        ) from None  # fmt: skip
     except json.JSONDecodeError as error:
         at = f"line {error.lineno}, column {error.colno}" if error.lineno > 1 else f"column {error.colno}"
         raise DataError(f"{where} is not valid JSON at {at} ({error.msg})") from None
@@ -227,6 +246,22 @@ def read_rows(spec: str) -> list:
     is a DataError naming the file and the line.
     """
     return read_rows_and_lines(spec)[0]
+
+
+# The roles of the chat messages TRL's conversational formats and the chat templates know.
+ROLES = ("assistant", "system", "tool", "user")
+
+
+def _role_problem(value: list, field: str) -> BadRow | None:
+    """A message whose role is not one of ROLES (a template may render `robot` as anything), as a BadRow."""
+    for i, message in enumerate(value):
+        if message["role"] not in ROLES:
+            return BadRow(
+                "unknown role",
+                f"`{field}[{i}].role` is {one_line(message['role'][:40])!r}; a message's role is one of {', '.join(ROLES)}",
+                field,
+            )
+    return None
 
 
 def _is_messages(value: Any) -> bool:
@@ -333,6 +368,9 @@ def _check_types(chosen: Any, rejected: Any, prompt: Any) -> bool:
         if not conversational and not isinstance(value, str):
             detail = f"`{field}` must be a string or a list of {{role, content}} messages, got {kind}"
             raise BadRow("non-text field", detail, field)
+        problem = _role_problem(value, field) if conversational else None
+        if problem:
+            raise problem
     return conversational
 
 

@@ -27,6 +27,7 @@ same as the fully rendered conversation.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .formats import DataError, Text
@@ -113,21 +114,39 @@ def _hh_transcript(messages: list[dict]) -> str:
     return "".join(f"\n\n{_HH_ROLES.get(m['role'], m['role'].title())}: {m['content']}" for m in messages)
 
 
+def _prompt_text(tokenizer, prompt: Text, plain: bool) -> str:
+    """The prompt as it opens the full text: templated with the generation prompt, plain, or an HH transcript."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(_as_messages(prompt, "user"), tokenize=False, add_generation_prompt=True)
+    if plain:
+        return prompt
+    return _hh_transcript(_as_messages(prompt, "user")) + "\n\nAssistant:"
+
+
+def _full_text(tokenizer, prompt: Text, response: Text, plain: bool) -> str:
+    if tokenizer.chat_template:
+        messages = _as_messages(prompt, "user") + _as_messages(response, "assistant")
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    if plain:
+        return prompt + response
+    # No template: conversations become HH transcripts, the form base models were trained on.
+    return _hh_transcript(_as_messages(prompt, "user") + _as_messages(response, "assistant"))
+
+
+def _is_plain(tokenizer, prompt: Text, response: Text) -> bool:
+    """No template and two strings: the text is prompt + response as given."""
+    return not tokenizer.chat_template and isinstance(prompt, str) and isinstance(response, str)
+
+
 def render(tokenizer, prompt: Text, response: Text, where: str = "text") -> tuple[str, str, bool]:
     """-> (prompt text, prompt + response text, templated) for one (prompt, response)."""
-    if tokenizer.chat_template:
-        prompt_messages = _as_messages(prompt, "user")
-        prompt_text = tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
-        full_text = tokenizer.apply_chat_template(prompt_messages + _as_messages(response, "assistant"), tokenize=False)
-        if not full_text.startswith(prompt_text):
-            raise DataError(f"{where}: the chat template renders the prompt differently alone and with its response")
-        return prompt_text, full_text, True
-    if isinstance(prompt, str) and isinstance(response, str):
-        return prompt, prompt + response, False
-    # No template: conversations become HH transcripts, the form base models were trained on.
-    prompt_messages = _as_messages(prompt, "user")
-    full_text = _hh_transcript(prompt_messages + _as_messages(response, "assistant"))
-    return _hh_transcript(prompt_messages) + "\n\nAssistant:", full_text, False
+    plain = _is_plain(tokenizer, prompt, response)
+    prompt_text = _prompt_text(tokenizer, prompt, plain)
+    full_text = _full_text(tokenizer, prompt, response, plain)
+    templated = bool(tokenizer.chat_template)
+    if templated and not full_text.startswith(prompt_text):
+        raise DataError(f"{where}: the chat template renders the prompt differently alone and with its response")
+    return prompt_text, full_text, templated
 
 
 def encode(tokenizer, text: str, templated: bool) -> list[int]:
@@ -228,18 +247,43 @@ def encode_response(tokenizer, prompt: Text, response: Text, where: str) -> tupl
     The full text is tokenised once, so the ids are those every other loader makes from it; the
     prompt part is the longest prefix it shares with the prompt tokenised alone.
     """
-    prompt_text, full_text, templated = render(tokenizer, prompt, response, where)
-    full_ids = encode(tokenizer, full_text, templated)
-    prompt_ids = encode(tokenizer, prompt_text, templated)
-    cut = common_prefix_length(prompt_ids, full_ids)
-    if cut == len(full_ids):
-        raise DataError(f"{where}: the response has no tokens")
-    if full_ids[-1] == tokenizer.pad_token_id:
-        raise DataError(f"{where}: the text ends on the pad token {tokenizer.pad_token!r}, where no reward can be read")
-    return full_ids[:cut], full_ids[cut:]
+    return next(encode_responses(tokenizer, prompt, [response], [where]))
+
+
+def encode_responses(tokenizer, prompt: Text, responses: list[Text], wheres: list[str]) -> Iterator[tuple[list, list]]:
+    """`encode_response` of each response to one prompt, in order and with the same ids (and errors, at the
+    same response); the prompt alone is rendered and tokenised once, not once per response.
+
+    Each prompt + response is still rendered and tokenised whole: a chat template renders a conversation
+    in one piece, and tokens can merge across the prompt's end, so only the whole text gives the ids
+    every other loader makes. A generator: a caller may stop between responses.
+    """
+    prompts: dict[bool, tuple[str, list[int]]] = {}  # plain or not (no template: a string prompt is both)
+    templated = bool(tokenizer.chat_template)
+    for response, where in zip(responses, wheres):
+        plain = _is_plain(tokenizer, prompt, response)
+        if plain not in prompts:
+            prompt_text = _prompt_text(tokenizer, prompt, plain)
+            prompts[plain] = prompt_text, encode(tokenizer, prompt_text, templated)
+        prompt_text, prompt_ids = prompts[plain]
+        full_text = _full_text(tokenizer, prompt, response, plain)
+        if templated and not full_text.startswith(prompt_text):
+            raise DataError(f"{where}: the chat template renders the prompt differently alone and with its response")
+        full_ids = encode(tokenizer, full_text, templated)
+        cut = common_prefix_length(prompt_ids, full_ids)
+        if cut == len(full_ids):
+            raise DataError(f"{where}: the response has no tokens")
+        if full_ids[-1] == tokenizer.pad_token_id:
+            raise DataError(
+                f"{where}: the text ends on the pad token {tokenizer.pad_token!r}, where no reward can be read"
+            )
+        yield full_ids[:cut], full_ids[cut:]
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
+    shorter = min(len(a), len(b))
+    if a[:shorter] == b[:shorter]:  # the usual case (a prompt's ids open its full text's), compared in C
+        return shorter
     n = 0
     for x, y in zip(a, b):
         if x != y:
