@@ -34,9 +34,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from .config import ServeConfig
+from .data.formats import DuplicateKey, unique_keys
 from .serve_limits import (
     LARGE_REQUEST,
-    DuplicateKey,
     InFlight,
     Measured,
     ServeError,
@@ -45,7 +45,6 @@ from .serve_limits import (
     check_tokens,
     client_gone,
     release_memory,
-    unique_keys,
 )
 
 Text = StrictStr

@@ -34,20 +34,6 @@ class Stopped(Exception):
     """Raised in a worker thread whose request was given up (its client left or it timed out): nobody waits for it."""
 
 
-class DuplicateKey(ValueError):
-    """A JSON object gave one key twice (json.loads would keep the last silently)."""
-
-
-def unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    """json.loads' object_pairs_hook that refuses a key given twice."""
-    value = {}
-    for key, item in pairs:
-        if key in value:
-            raise DuplicateKey(key)
-        value[key] = item
-    return value
-
-
 def client_gone() -> ServeError:
     # 499 (nginx's "client closed request"): counted in /metrics, never sent, since nobody is there to read it
     return ServeError(499, "client gone", "the client closed the connection")

@@ -148,16 +148,16 @@ def _gunzip(path: Path, jsonl: bool) -> bytes:
     raise DataError(one_line(f"{path}: the gzip archive is truncated or corrupt {where} ({error})"))
 
 
-class _DuplicateKey(ValueError):
-    pass
+class DuplicateKey(ValueError):
+    """A JSON object gave one key twice (json.loads would keep the last silently)."""
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     """An object's (key, value) pairs -> dict; a key given twice is an error (json.loads would keep the last)."""
     value = {}
     for key, item in pairs:
         if key in value:
-            raise _DuplicateKey(key)
+            raise DuplicateKey(key)
         value[key] = item
     return value
 
@@ -165,8 +165,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
 def _parse_json(text: str, where: str) -> Any:
     """json.loads, or a DataError naming `where` and the line and column of the fault, or the key given twice."""
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
-    except _DuplicateKey as error:
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except DuplicateKey as error:
         raise DataError(
             one_line(f"{where}: the key {error.args[0]!r} appears twice in one object (JSON would keep the last "
                      "silently); give each field once")
