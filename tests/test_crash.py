@@ -5,6 +5,7 @@ Every resumed run must end with exactly the weights of the uninterrupted run (ma
 
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from hafrm.cli import main
 from hafrm.config import TrainConfig
 from hafrm.rundir import checkpoint_problem
 from hafrm.train import train
+from hafrm.writes import DiskFullError
 
 WORKER = Path(__file__).parent / "crash_worker.py"
 STEPS = 8
@@ -154,10 +156,13 @@ def test_a_full_disk_stops_with_a_clear_error_and_keeps_the_checkpoint_before(
         output_dir.mkdir(parents=True)
         with pytest.raises(OSError) as stopped:
             train(cfg, callbacks=callbacks)
+        assert isinstance(stopped.value, DiskFullError)
         message = str(stopped.value)
-        assert message.startswith(f"could not write {output_dir}/checkpoint-4 (")
-        assert "No space left on device" in message
-        assert message.endswith("earlier checkpoints are untouched: free space and run again with --resume")
+        assert message.startswith(f"the disk is full: could not write checkpoint {output_dir}/checkpoint-4 (about ")
+        assert re.search(r"\(about [\d,]+ [KM]iB needed, [\d,]+ [KM]iB free on the disk of ", message)
+        assert f"free on the disk of {output_dir}/checkpoint-4)" in message
+        assert message.endswith("; the earlier checkpoints are untouched: free space and run again with --resume")
+        assert not (output_dir / "checkpoint-4").exists()  # the half-written folder is gone
         assert checkpoint_problem(output_dir / "checkpoint-2") is None
         (disk / "filler").unlink(missing_ok=True)
         monkeypatch.undo()

@@ -29,6 +29,9 @@ _NEARLY_FULL = 64 * 2**20
 class DiskFullError(OSError):
     """A write failed because the disk (or the quota) is full; the message says where and how much was needed."""
 
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno 28] " prefix
+        return self.strerror or super().__str__()
+
 
 class LinkRefused(ValueError):
     """hafrm was about to write one of its own files through a symbolic link."""
