@@ -11,8 +11,10 @@
 #                  against TRL RewardTrainer and DPOTrainer, length 1024, batch 32; TRL with Liger's fused
 #                  kernels too where liger-kernel installs
 #   3. score       scoring throughput, pairs and best-of-N (N = 4, 8)
-#   4. quality     rm, dpo, haf on all shared HH pairs, full fine-tuning, bf16, 3 seeds, evaluated on the HH
-#                  test part and PandaLM (hafrm experiment; results.md beside the runs)
+#   4. quality     the two regime studies of issue 26 at a GPU budget (benchmarks/scale_study.py): full
+#                  fine-tuning (study-full.yaml: rm, haf, haf + grm-sft, dpo at two training-set sizes) and
+#                  LoRA on every block (study-lora.yaml: rm, haf), each with 4x the built-in training pairs,
+#                  2x the test pairs, batch 16, length 1024, bf16, 3 seeds; results.md beside the runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,13 +22,12 @@ dry_run=0
 out="${OUT:-runs/gpu}"
 model="smollm2-135m-instruct"
 data="../shared/data/hh-harmless/train.jsonl.gz"
-pandalm="../shared/data/pandalm/testset-v1.json"
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry_run=1 ;;
     --out) out="$2"; shift ;;
     --model) model="$2"; shift ;;
-    --data) data="$2"; pandalm="$2"; shift ;;
+    --data) data="$2"; shift ;;
     *) echo "gpu.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -39,27 +40,15 @@ if [ "$dry_run" = 1 ]; then  # toy sizes: every step end to end in a few minutes
   tests=(tests/test_devices.py -k environment)
   step=(--batch-size 2 --max-length 96 --warmup 1 --steps 1 --rounds 1 --modes full --methods rm,haf)
   score=(--pairs 8 --batch-size 2 --max-length 96 --rounds 1 --bon 2 --bon-prompts 2)
-  quality_base="  max_steps: 2
-  batch_size: 2
-  max_length: 96"
-  seeds="[0]"
+  scale=(--toy "$data")
   precision=""
-  train_spec="$data"
-  test_spec="$data"
 else
   tests=(tests/test_devices.py tests/test_model.py tests/test_prompt_sharing.py tests/test_prefix_cache.py
          tests/test_reference.py tests/test_one_reward.py)
   step=(--batch-size 32 --max-length 1024 --warmup 1 --steps 3 --rounds 1 --modes full --bf16)
   score=(--pairs 256 --batch-size 32 --max-length 1024 --rounds 2)
-  quality_base="  epochs: 2
-  batch_size: 32
-  max_length: 1024
-  lr: 1.0e-5
-  bf16: true"
-  seeds="[0, 1, 2]"
+  scale=(--scale 4 --test-scale 2 --batch-size 16 --max-length 1024 --bf16 --seeds 0,1,2)
   precision="bf16"
-  train_spec="$data:train"
-  test_spec="$data:test"
 fi
 liger=()
 if "$python" -c "import liger_kernel" 2>/dev/null; then liger=(--trl-liger); fi
@@ -82,33 +71,11 @@ note "3/4 scoring"
 "$python" benchmarks/score.py --model "$model" --data "$data" "${score[@]}" > "$out/score.txt"
 
 note "4/4 quality"
-cat > "$out/quality.yaml" <<YAML
-name: gpu-quality
-description: rm, dpo and haf on all shared HH pairs at a GPU budget (benchmarks/gpu.sh)
-output_dir: $out/quality
-design: comparison
-seeds: $seeds
-base:
-  model: $model
-  data: $train_spec
-  skip_bad_rows: true
-  val_fraction: 0.1
-  finetune: full
-$quality_base
-  eval_steps: 20
-  eval_on_start: false
-  logging_steps: 10
-runs:
-  rm: {method: rm}
-  dpo: {method: dpo}
-  haf: {method: haf, alpha: 0.2}
-evaluate:
-  hh-harmless: $test_spec
-  pandalm: $pandalm
-eval_options:
-  skip_bad_rows: true
-  batch_size: 32
-YAML
-"$python" -m hafrm.cli experiment "$out/quality.yaml" > "$out/quality.txt"
-cp "$out/quality/results.md" "$out/quality-results.md"
+: > "$out/quality-results.md"
+for study in study-full study-lora; do
+  config=$("$python" benchmarks/scale_study.py "configs/experiments/$study.yaml" --out "$out/quality" \
+    --model "$model" "${scale[@]}")
+  "$python" -m hafrm.cli experiment "$config" > "$out/quality-$study.txt"
+  cat "$out/quality/$study-gpu/results.md" >> "$out/quality-results.md"
+done
 note "done: tables in $out"

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -100,7 +102,13 @@ def test_gpu_script_runs_end_to_end_at_toy_sizes(tiny_model, pairs_file, tmp_pat
         assert re.search(rf"^{config}\s+[\d.]+ / ", step, re.MULTILINE), config
     assert "best-of-2 hafrm / per-response" in (out / "score.txt").read_text()
     results = (out / "quality-results.md").read_text()
-    assert all(run in results for run in ("rm", "dpo", "haf")) and "pandalm" in results
+    # the two regime studies, every run of each, on every set of each (toy sizes)
+    assert "# study-full-gpu" in results and "# study-lora-gpu" in results
+    for run in ("rm-250", "haf-250", "haf+grm-sft-250", "dpo-250", "rm-1000", "haf-1000", "dpo-1000", "haf-zero-1000"):
+        assert f"| {run} |" in results, run
+    assert "| haf-1000 − rm-1000 |" in results and "## Learning curve" in results
+    lora = yaml.safe_load((out / "quality" / "study-lora-gpu.yaml").read_text())
+    assert lora["base"]["finetune"] == "lora" and lora["base"]["model"] == tiny_model and lora["seeds"] == [0]
 
 
 def test_freeze_epochs_benchmark_times_both_runs(tiny_model, pairs_file):
@@ -127,3 +135,23 @@ def test_attention_benchmark_runs_every_layout(tiny_model, pairs_file):
             line = re.search(rf"^{implementation}\s+{re.escape(layout)}\s+\d+\s.*\s(\S+)  \(median", out, re.MULTILINE)
             assert line, (implementation, layout)
             assert float(line.group(1)) < 1e-4  # the layout changes the time, not the rewards
+
+
+def test_scale_study_rewrites_the_budget_and_keeps_the_design(tmp_path):
+    config = BENCHMARKS.parent / "configs" / "experiments" / "study-full.yaml"
+    command = [sys.executable, str(BENCHMARKS / "scale_study.py"), str(config), "--out", str(tmp_path),
+               "--scale", "4", "--test-scale", "2", "--batch-size", "16", "--max-length", "1024", "--bf16",
+               "--seeds", "0,1"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=tmp_path)
+    path = Path(result.stdout.strip())
+    assert path == tmp_path / "study-full-gpu.yaml"
+    original, scaled = yaml.safe_load(config.read_text()), yaml.safe_load(path.read_text())
+    assert scaled["output_dir"] == str(tmp_path / "study-full-gpu") and scaled["seeds"] == [0, 1]
+    assert scaled["runs"]["rm-250"]["data"] == "builtin:train@1000"
+    assert scaled["runs"]["haf-1000"]["data"] == "builtin:train@4000"
+    assert scaled["evaluate"] == {"builtin-test": "builtin:test@1000"}  # ../shared is not beside tmp_path
+    assert "pandalm" not in scaled["set_runs"] and "left out" in result.stderr
+    assert {k: scaled["base"][k] for k in ("batch_size", "max_length", "bf16")} == {
+        "batch_size": 16, "max_length": 1024, "bf16": True}  # fmt: skip
+    assert scaled["baseline"] == original["baseline"] and scaled["learning_curve"] == original["learning_curve"]
+    assert scaled["run_seeds"] == original["run_seeds"]  # seed 0 is kept

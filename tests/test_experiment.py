@@ -290,7 +290,8 @@ def test_a_baseline_adds_intervals_paired_differences_calibration_kinds_and_the_
             assert figures["calibration"][run][name]["mean"] == pytest.approx(sum(ece) / 2)
             assert len(scores) == 2 * pooled["pairs"]
             if run != "rm":
-                assert figures["paired"][run][name] == paired_difference(outcomes(run, name), outcomes("rm", name))
+                expected = paired_difference(outcomes(run, name), outcomes("rm", name))
+                assert figures["paired"][run][name] == expected | {"baseline": "rm", "seeds": [0, 1]}
     assert "rm" not in figures["paired"]
     kinds = figures["kinds"]["kinds"]["haf"]  # the built-in set's constraint kinds, 12 pairs between them
     assert sum(pairs for _, pairs in kinds.values()) == 12 and "mine" not in figures["kinds"]
@@ -349,3 +350,84 @@ def test_runs_and_seeds_select_a_part_tabulated_apart(tmp_path, tiny_model, pair
     assert f"`hafrm experiment {path} --runs rm --seeds 1`" in (out / "part-runs-rm-seeds-1" / "results.md").read_text()
     assert main(["experiment", str(path), "--seeds", "0,5"]) == 1
     assert "has no run or seed [5]" in capsys.readouterr().err
+
+
+def test_per_run_baselines_seeds_and_sets_and_the_learning_curve(tmp_path, tiny_model, pairs_file, monkeypatch):
+    from hafrm.metrics import paired_difference
+
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(pairs_file.read_text().splitlines(keepends=True)[:24]))
+    runs = {"rm-s": {"method": "rm", "data": str(small)}, "haf-s": {"method": "haf", "data": str(small)},
+            "rm-l": {"method": "rm"}, "haf-l": {"method": "haf"}}  # fmt: skip
+    path = small_spec(tmp_path, tiny_model, pairs_file, runs=runs)
+    spec = yaml.safe_load(path.read_text()) | {
+        "baseline": {"haf-s": "rm-s", "haf-l": "rm-l"},
+        "run_seeds": {"haf-l": [1]},
+        "set_runs": {"all": ["rm-l", "haf-l"]},
+        "learning_curve": {"rm": ["rm-l", "rm-s"], "haf": ["haf-s", "haf-l"]},
+        "eval_options": {"combine": False, "perplexity": False},
+    }
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    import hafrm.train
+
+    trained, real_train = [], hafrm.train.train
+    monkeypatch.setattr(
+        hafrm.train,
+        "train",
+        lambda cfg: trained.append((Path(cfg.output_dir).parent.name, cfg.seed)) or real_train(cfg),
+    )
+    assert main(["experiment", str(path)]) == 0
+    # seed by seed; haf-l trains seed 1 only
+    assert trained == [("rm-s", 0), ("haf-s", 0), ("rm-l", 0), ("rm-s", 1), ("haf-s", 1), ("rm-l", 1), ("haf-l", 1)]
+    out = tmp_path / "exp"
+    assert not (out / "haf-l" / "seed0").exists()
+    assert sorted(p.name for p in (out / "rm-s" / "seed0").glob("eval-*.json")) == ["eval-mine.json"]
+    assert sorted(p.name for p in (out / "rm-l" / "seed0").glob("eval-*.json")) == ["eval-all.json", "eval-mine.json"]
+
+    def outcomes(run, name, seeds):
+        rows = []
+        for seed in seeds:
+            scores = json.loads((out / run / f"seed{seed}" / f"eval-{name}.json").read_text())["scores"]["reward_head"]
+            rows.append([c > r for c, r in zip(scores[: len(scores) // 2], scores[len(scores) // 2 :])])
+        return rows
+
+    figures = json.loads((out / "study.json").read_text())
+    assert sorted(figures["paired"]) == ["haf-l", "haf-s"]
+    assert sorted(figures["paired"]["haf-s"]) == ["mine"] and sorted(figures["paired"]["haf-l"]) == ["all", "mine"]
+    for run, base, seeds in (("haf-s", "rm-s", [0, 1]), ("haf-l", "rm-l", [1])):
+        for name, paired in figures["paired"][run].items():
+            expected = paired_difference(outcomes(run, name, seeds), outcomes(base, name, seeds))
+            assert paired == json.loads(json.dumps(expected | {"baseline": base, "seeds": seeds}))
+    records = {run: json.loads((out / run / "seed1" / "hafrm.json").read_text()) for run in runs}
+    assert [records[run]["train_pairs"] for run in runs] == [22, 22, 43, 43]  # 24 and 48 pairs, 10% held out
+    curve = figures["learning_curve"]
+    assert [(p["run"], p["train_pairs"]) for p in curve["rm"]] == [("rm-s", 22), ("rm-l", 43)]
+    assert [(p["run"], p["train_pairs"]) for p in curve["haf"]] == [("haf-s", 22), ("haf-l", 43)]
+    assert curve["haf"][1]["all"] == figures["accuracy"]["haf-l"]["all"] and "all" not in curve["haf"][0]
+    table = json.loads((out / "results.json").read_text())["table"]
+    assert sorted(table["rm-s"]) == ["average", "mine"] and len(table["haf-l"]["mine"]["per_seed"]) == 1
+    assert table["rm-l"]["average"]["mean"] == pytest.approx(
+        sum((table["rm-l"]["mine"]["mean"], table["rm-l"]["all"]["mean"])) / 2
+    )
+    markdown = (out / "results.md").read_text()
+    assert "| haf-l − rm-l | " in markdown and "## Learning curve" in markdown
+    assert re.search(r"\| rm-s \| [^|]+ \| — \| [^|]+ \|", markdown)  # not evaluated on `all`
+    assert (out / "learning-curve-mine.png").stat().st_size > 0 and (out / "learning-curve-all.png").is_file()
+
+
+def test_per_run_keys_that_name_no_run_seed_or_set_are_refused(tmp_path, tiny_model, pairs_file):
+    path = small_spec(tmp_path, tiny_model, pairs_file)
+    spec = yaml.safe_load(path.read_text())
+    for extra, message in (
+        ({"run_seeds": {"haf": [3]}}, "`run_seeds` gives 'haf' seeds [3]; each must be one of `seeds` [0, 1]"),
+        ({"run_seeds": {"bt": [0]}}, "`run_seeds` names run(s) ['bt']"),
+        ({"set_runs": {"other": ["rm"]}}, "`set_runs` names set(s) ['other'] that `evaluate` does not have"),
+        ({"set_runs": {"all": []}}, "`set_runs` gives 'all' []; expected a non-empty list of runs"),
+        ({"baseline": {"haf": "rm"}, "run_seeds": {"haf": [0], "rm": [1]}},
+         "run 'haf' and its baseline 'rm' share no seed: nothing to pair"),
+        ({"baseline": {"haf": "bt"}}, "`baseline` names run(s) ['bt']"),
+        ({"learning_curve": {"rm": ["rm"]}}, "`learning_curve` needs a `baseline`"),
+    ):  # fmt: skip
+        path.write_text(yaml.safe_dump(spec | extra, sort_keys=False))
+        with pytest.raises(ValueError, match=re.escape(message)):
+            experiment.load_spec(path)

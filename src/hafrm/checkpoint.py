@@ -81,11 +81,13 @@ def load_base_model(
     seed: int = 0,
     keep_dropout: bool = True,
     attn_implementation: str | None = None,
+    reward_head_type: str = "linear",
 ):
     """A hub id, a local checkpoint or the default model's alias -> (causal LM [+ score], tokenizer).
 
     keep_dropout=False builds the model with every dropout rate at 0 (what training uses by default).
     attn_implementation: transformers' attention (sdpa, eager, flex_attention, flash_attention_2); None: the model's.
+    reward_head_type: the reward head's form, `model.REWARD_HEAD_TYPES` (its own dropout stays as GRM has it).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -102,7 +104,7 @@ def load_base_model(
                 module.p = 0.0
     fit_embeddings(model, tokenizer)
     if with_score_head:
-        attach_score_head(model, tokenizer.pad_token_id, seed)
+        attach_score_head(model, tokenizer.pad_token_id, seed, reward_head_type)
     return model, tokenizer
 
 
@@ -180,20 +182,27 @@ def write_adapter_note(directory: str | Path, shown_as: str | Path | None = None
     )
 
 
-def _load_score_weight(directory: Path) -> torch.Tensor:
+def _load_score_state(directory: Path) -> dict[str, torch.Tensor]:
+    """The reward head's tensors in a saved directory, named as in the head (`weight`; `1.weight`, ... for the MLP)."""
     from safetensors import safe_open
 
-    files = [directory / "model.safetensors"]
+    prefix = f"{SCORE_HEAD}."
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        files = [directory / json.loads(index.read_text())["weight_map"][f"{SCORE_HEAD}.weight"]]
-    with safe_open(str(files[0]), framework="pt") as handle:
-        return handle.get_tensor(f"{SCORE_HEAD}.weight")
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted({file for name, file in weight_map.items() if name.startswith(prefix)})
+    else:
+        files = ["model.safetensors"]
+    state = {}
+    for file in files:
+        with safe_open(str(directory / file), framework="pt") as handle:
+            state |= {name[len(prefix) :]: handle.get_tensor(name) for name in handle.keys() if name.startswith(prefix)}
+    return state
 
 
 def _quietly(load, *args, **kwargs):
-    """Run a transformers loader without its report of `score.weight` as an unexpected key: hafrm
-    loads that tensor itself, right after."""
+    """Run a transformers loader without its report of the `score.*` tensors as unexpected keys: hafrm
+    loads them itself, right after."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -228,11 +237,13 @@ def _load(directory: Path, dtype: torch.dtype, allow_old_pad: bool):
     old_pad = tokenizer.pad_token if pad_problem(tokenizer) else None
     if old_pad is not None:  # only with allow_old_pad: the run keeps its tokenizer and gets the new pad
         ensure_pad_token(tokenizer)
-    with_score = record["reward_head"]
+    with_score, head_type = record["reward_head"], record["reward_head_type"]
     if (directory / "adapter_config.json").is_file():
         from peft import PeftConfig, PeftModel
 
-        model, _ = load_base_model(record["base_model"], with_score_head=with_score, dtype=dtype)
+        model, _ = load_base_model(
+            record["base_model"], with_score_head=with_score, dtype=dtype, reward_head_type=head_type
+        )
         fit_embeddings(model, tokenizer)
         adapter_config = PeftConfig.from_pretrained(str(directory))
         adapter_config.task_type = "CAUSAL_LM"  # hafrm runs the causal LM with its score head, whatever the file says
@@ -241,9 +252,8 @@ def _load(directory: Path, dtype: torch.dtype, allow_old_pad: bool):
         model = _quietly(AutoModelForCausalLM.from_pretrained, str(directory), dtype=dtype)
         fit_embeddings(model, tokenizer)
         if with_score:
-            attach_score_head(model, tokenizer.pad_token_id)
-            with torch.no_grad():
-                model.score.weight.copy_(_load_score_weight(directory))
+            attach_score_head(model, tokenizer.pad_token_id, head_type=head_type)
+            model.score.load_state_dict(_load_score_state(directory))  # strict: every tensor of the head, no other
     return model, tokenizer, record, old_pad
 
 

@@ -109,6 +109,11 @@ class TrainConfig:
     )
     # loss
     method: Literal["rm", "dpo", "haf"] = _help("rm, dpo (as a reward model) or haf", default="haf")
+    reward_head_type: Literal["linear", "zero", "mlp"] = _help(
+        "the reward head: linear (random normal start), zero (linear starting at 0, as the official HAF code) or mlp"
+        " (GRM's: dropout 0.1, 1024 ReLU units; read by hafrm's loaders only, not by TRL / OpenRLHF / vLLM)",
+        default="linear",
+    )
     alpha: float = _help("weight of the policy loss in haf", default=DEFAULT_ALPHA)
     beta: float = _help("β of the policy loss (DPO temperature)", default=DEFAULT_BETA)
     policy_loss: Literal["dpo", "ipo", "hinge", "simpo", "sft", "grm-sft", "dpo-noref"] = _help(

@@ -25,13 +25,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 from pathlib import Path
 
 import yaml
 
 from .config import BonConfig, EvalConfig, RlhfConfig, read_yaml
-from .experiment_runs import ExperimentSpec, headline, part_of, reusable_run, run_dir, train_config, train_once
+from .experiment_runs import (
+    ExperimentSpec,
+    baselines,
+    headline,
+    part_of,
+    reusable_run,
+    run_dir,
+    seeds_of,
+    sets_of,
+    train_config,
+    train_once,
+)
 from .fields import ConfigError, coerce
 from .runrecord import has_run_record
 from .validation import check_fields, validate
@@ -66,23 +78,58 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> ExperimentSpec
         raise ValueError(f"{path}: design must be one of {DESIGNS}, got {spec.design!r}")
     if not spec.evaluate and spec.design not in DOWNSTREAM:
         raise ValueError(f"{path}: `evaluate` must name at least one evaluation set")
-    for key, names in (("baseline", [spec.baseline] if spec.baseline else []), ("alpha_curve", spec.alpha_curve)):
-        unknown_runs = [name for name in names if name not in spec.runs]
-        if unknown_runs:
-            raise ValueError(
-                f"{path}: `{key}` names run(s) {unknown_runs} that `runs` does not have: {list(spec.runs)}"
-            )
+    _check_run_names(spec, path)
     if spec.alpha_curve and not spec.baseline:
         raise ValueError(f"{path}: `alpha_curve` needs a `baseline` run (its figures come from the per-pair scores)")
+    if spec.learning_curve and not spec.baseline:
+        raise ValueError(f"{path}: `learning_curve` needs a `baseline` (its figures come from the per-pair scores)")
     check_spec(spec)
     return spec
 
 
+def _check_run_names(spec: ExperimentSpec, path: str | Path) -> None:
+    """Every run a key names is one of `runs`; per-run seeds are the experiment's; a run and its baseline share one."""
+    named = {
+        "baseline": [*baselines(spec), *baselines(spec).values()] if spec.baseline else [],
+        "alpha_curve": spec.alpha_curve,
+        "run_seeds": list(spec.run_seeds),
+        "set_runs": [run for runs in spec.set_runs.values() for run in runs],
+        "learning_curve": [run for runs in spec.learning_curve.values() for run in runs],
+    }
+    for key, names in named.items():
+        unknown_runs = sorted({name for name in names if name not in spec.runs})
+        if unknown_runs:
+            raise ValueError(
+                f"{path}: `{key}` names run(s) {unknown_runs} that `runs` does not have: {list(spec.runs)}"
+            )
+    if spec.design in DOWNSTREAM and (spec.run_seeds or spec.set_runs or spec.learning_curve):
+        raise ValueError(
+            f"{path}: `run_seeds`, `set_runs` and `learning_curve` are for pairwise designs, not {spec.design}"
+        )
+    for run, seeds in spec.run_seeds.items():
+        if not seeds or any(seed not in spec.seeds for seed in seeds):
+            raise ValueError(
+                f"{path}: `run_seeds` gives {run!r} seeds {seeds}; each must be one of `seeds` {spec.seeds}"
+            )
+    unknown_sets = sorted(set(spec.set_runs) - set(spec.evaluate))
+    if unknown_sets:
+        raise ValueError(f"{path}: `set_runs` names set(s) {unknown_sets} that `evaluate` does not have")
+    for run, base in baselines(spec).items():
+        if not set(seeds_of(spec, run)) & set(seeds_of(spec, base)):
+            raise ValueError(f"{path}: run {run!r} and its baseline {base!r} share no seed: nothing to pair")
+
+
 def _check_shape(spec: ExperimentSpec, path: str | Path) -> None:
     """Mappings where the YAML needs mappings and a list of integer seeds (else a TypeError far from the cause)."""
-    for key in ("base", "runs", "evaluate", "eval_options", "bon", "rlhf"):
+    for key in ("base", "runs", "evaluate", "eval_options", "bon", "rlhf", "run_seeds", "set_runs", "learning_curve"):
         if not isinstance(getattr(spec, key), dict):
             raise ValueError(f"{path}: `{key}` must be a mapping, got {getattr(spec, key)!r}")
+    if not isinstance(spec.baseline, str | dict):
+        raise ValueError(f"{path}: `baseline` must be a run or a mapping of run -> baseline run, got {spec.baseline!r}")
+    for key in ("set_runs", "learning_curve"):
+        for name, runs in getattr(spec, key).items():
+            if not isinstance(runs, list) or not runs:
+                raise ValueError(f"{path}: `{key}` gives {name!r} {runs!r}; expected a non-empty list of runs")
     if not spec.runs:
         raise ValueError(f"{path}: `runs` names no run")
     for run_name, run_overrides in spec.runs.items():
@@ -138,13 +185,13 @@ def plan(spec: ExperimentSpec) -> list[str]:
     """One line per training run and evaluation, marked done or to do."""
     lines = []
     for run_name in spec.runs:
-        for seed in spec.seeds:
+        for seed in seeds_of(spec, run_name):
             directory = run_dir(spec, run_name, seed)
             state = "done" if has_run_record(directory) else "to train"
             if spec.reuse_runs and has_run_record(Path(spec.reuse_runs) / run_name / f"seed{seed}"):
                 directory, state = Path(spec.reuse_runs) / run_name / f"seed{seed}", "reused if trained alike"
             lines.append(f"{run_name} seed {seed}: {state} -> {directory}")
-            for set_name in spec.evaluate:
+            for set_name in sets_of(spec, run_name):
                 done = (directory / f"eval-{set_name}.json").is_file()
                 lines.append(f"    eval {set_name}: {'done' if done else 'to do'}")
     return lines
@@ -177,15 +224,24 @@ def select(spec: ExperimentSpec, runs: list[str] | None = None, seeds: list[int]
             f"experiment {spec.name!r} has no run or seed {unknown}: runs {list(spec.runs)}, seeds {spec.seeds}"
         )
     kept = [run for run in spec.runs if not runs or run in runs]
-    for needed in [spec.baseline] if spec.baseline else []:
-        if needed not in kept:
-            raise ValueError(f"--runs must keep the baseline run {needed!r}")
+    for run, needed in baselines(spec).items():
+        if run in kept and needed not in kept:
+            raise ValueError(f"--runs must keep the baseline run {needed!r} (of {run!r})")
+    if isinstance(spec.baseline, str) and spec.baseline and spec.baseline not in kept:
+        raise ValueError(f"--runs must keep the baseline run {spec.baseline!r}")
+    baseline = (
+        {r: b for r, b in spec.baseline.items() if r in kept} if isinstance(spec.baseline, dict) else spec.baseline
+    )
     flags = (f" --runs {','.join(runs)}" if runs else "") + (f" --seeds {','.join(map(str, seeds))}" if seeds else "")
     return dataclasses.replace(
         spec,
         runs={run: spec.runs[run] for run in kept},
         seeds=[seed for seed in spec.seeds if not seeds or seed in seeds],
         alpha_curve=[run for run in spec.alpha_curve if run in kept],
+        baseline=baseline,
+        run_seeds={run: seeds for run, seeds in spec.run_seeds.items() if run in kept},
+        set_runs={name: [run for run in runs if run in kept] for name, runs in spec.set_runs.items()},
+        learning_curve={label: [run for run in runs if run in kept] for label, runs in spec.learning_curve.items()},
         selection=flags.strip(),
     )
 
@@ -218,16 +274,20 @@ def run_experiment(
         from .designs import run_rlhf_experiment
 
         return run_rlhf_experiment(spec, Path(path))
-    results = {}
-    for run_name in spec.runs:
-        for seed in spec.seeds:
+    results = {run_name: {} for run_name in spec.runs}
+    # seed by seed, each run trained then evaluated: an interrupted experiment already holds whole comparisons
+    for seed in spec.seeds:
+        for run_name in spec.runs:
+            if seed not in seeds_of(spec, run_name):
+                continue
             reused = reusable_run(spec, run_name, seed)  # evaluated here, its reports kept in this experiment
             if reused is None:
                 train_once(spec, run_name, seed)
-            for set_name in spec.evaluate:
+            for set_name in sets_of(spec, run_name):
                 report = _evaluate_once(spec, run_name, seed, set_name, reused)
-                results.setdefault(run_name, {}).setdefault(set_name, {})[seed] = report
-    return write_results(spec, results, Path(path))
+                results[run_name].setdefault(set_name, {})[seed] = report
+    ordered = {run: {s: by_set[s] for s in spec.evaluate if s in by_set} for run, by_set in results.items()}
+    return write_results(spec, ordered, Path(path))
 
 
 def summarise(spec: ExperimentSpec, results: dict) -> dict:
@@ -239,28 +299,39 @@ def summarise(spec: ExperimentSpec, results: dict) -> dict:
             values = [headline(report)["accuracy"] for report in by_seed.values()]
             margins = [headline(report)["margin"] for report in by_seed.values()]
             row[set_name] = _mean_std(values) | {"margin": _mean_std(margins)["mean"], "per_seed": values}
+        # the average over the run's sets, seed by seed, over the seeds every one of its sets has
+        common = sorted(set.intersection(*(set(by_seed) for by_seed in by_set.values())))
         per_seed_average = [
-            statistics.fmean(seed_values) for seed_values in zip(*(c["per_seed"] for c in row.values()))
+            statistics.fmean(headline(by_seed[seed])["accuracy"] for by_seed in by_set.values()) for seed in common
         ]
-        row["average"] = _mean_std(per_seed_average)
+        row["average"] = _mean_std(per_seed_average) if per_seed_average else {"mean": math.nan, "std": math.nan}
         table[run_name] = row
     return table
 
 
 def _mean_std(values: list[float]) -> dict:
+    """mean and std (0 for one value) of a non-empty list."""
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
 def results_markdown(spec: ExperimentSpec, table: dict, config_path: Path) -> str:
     columns = [*spec.evaluate, "average"]
-    best = {column: max(table[run][column]["mean"] for run in table) for column in columns}
+    best = {
+        column: max((row[column]["mean"] for row in table.values() if column in row), default=math.nan)
+        for column in columns
+    }
+    per_run = ""
+    if spec.run_seeds or spec.set_runs:
+        limits = [f"{run}: seeds {seeds}" for run, seeds in spec.run_seeds.items()]
+        limits += [f"{name}: only {', '.join(runs)}" for name, runs in spec.set_runs.items()]
+        per_run = f" ({'; '.join(limits)}; — where a run was not evaluated on a set)"
     lines = [
         f"# {spec.name}",
         "",
         spec.description.strip(),
         "",
         f"Pairwise accuracy (chosen scored strictly above rejected) of each method's own reward: the reward head "
-        f"for rm and haf, β·log π/π_ref for dpo. Mean ± std over seeds {spec.seeds}; best mean in bold. "
+        f"for rm and haf, β·log π/π_ref for dpo. Mean ± std over seeds {spec.seeds}{per_run}; best mean in bold. "
         f"Checkpoints were chosen on validation data, never on these sets.",
         "",
         "| run | " + " | ".join(columns) + " |",
@@ -269,6 +340,9 @@ def results_markdown(spec: ExperimentSpec, table: dict, config_path: Path) -> st
     for run_name, row in table.items():
         cells = []
         for column in columns:
+            if column not in row or not math.isfinite(row[column]["mean"]):
+                cells.append("—")
+                continue
             cell = f"{row[column]['mean']:.3f} ± {row[column]['std']:.3f}"
             cells.append(f"**{cell}**" if row[column]["mean"] == best[column] else cell)
         lines.append(f"| {run_name} | " + " | ".join(cells) + " |")
@@ -284,6 +358,7 @@ def results_markdown(spec: ExperimentSpec, table: dict, config_path: Path) -> st
                 "base": spec.base,
                 "runs": spec.runs,
                 "seeds": spec.seeds,
+                **{key: getattr(spec, key) for key in ("run_seeds", "set_runs") if getattr(spec, key)},
                 "evaluate": spec.evaluate,
                 "eval_options": spec.eval_options,
             },
@@ -371,7 +446,7 @@ def write_plots(spec: ExperimentSpec, table: dict, results: dict) -> None:
     from . import plots
 
     output = results_dir(spec)
-    bars = {run: {s: (row[s]["mean"], row[s]["std"]) for s in spec.evaluate} for run, row in table.items()}
+    bars = {run: {s: (row[s]["mean"], row[s]["std"]) for s in spec.evaluate if s in row} for run, row in table.items()}
     plots.accuracy_bars(bars, output / "accuracy.png", title=f"{spec.name}: pairwise accuracy (mean ± std over seeds)")
     if spec.design == "alpha-sweep":
         alphas = [float(train_config(spec, run, spec.seeds[0]).alpha) for run in table]

@@ -37,8 +37,13 @@ class ExperimentSpec:
     bon: dict = field(default_factory=dict)  # design bon: BonConfig fields (the samples, judge, N)
     rlhf: dict = field(default_factory=dict)  # design rlhf: RlhfConfig fields (one policy per run and seed)
     reuse_runs: str = ""  # another experiment's output_dir: its RUN/seedS models are used where trained alike
-    baseline: str = ""  # a run: per-pair scores kept, paired differences against it, intervals, calibration (study.py)
+    # a run (or {run: its baseline run}): per-pair scores kept, paired differences against it, intervals,
+    # calibration (study.py)
+    baseline: str | dict[str, str] = ""
     alpha_curve: list[str] = field(default_factory=list)  # runs whose accuracy is drawn against their α
+    run_seeds: dict[str, list[int]] = field(default_factory=dict)  # {run: the seeds it trains}; others: `seeds`
+    set_runs: dict[str, list[str]] = field(default_factory=dict)  # {set: the runs evaluated on it}; others: all
+    learning_curve: dict[str, list[str]] = field(default_factory=dict)  # {label: runs}: accuracy against pairs
     description: str = ""
     selection: str = ""  # set by `--runs` / `--seeds`: tables and plots go to output_dir/part-SELECTION
 
@@ -50,6 +55,24 @@ def part_of(spec: ExperimentSpec, part: str):
         yield
     except ConfigError as error:
         raise ConfigError(f"experiment {spec.name!r}, {part}: {error}") from None
+
+
+def seeds_of(spec: ExperimentSpec, run_name: str) -> list[int]:
+    """The seeds `run_name` trains: `run_seeds[run]` where given, else every seed of the experiment."""
+    wanted = spec.run_seeds.get(run_name, spec.seeds)
+    return [seed for seed in spec.seeds if seed in wanted]
+
+
+def sets_of(spec: ExperimentSpec, run_name: str) -> list[str]:
+    """The evaluation sets `run_name` is evaluated on: every set whose `set_runs` entry names it (or has none)."""
+    return [name for name in spec.evaluate if run_name in spec.set_runs.get(name, spec.runs)]
+
+
+def baselines(spec: ExperimentSpec) -> dict[str, str]:
+    """{run: the run it is compared with pair by pair}: `baseline` as a mapping, or one run for all the others."""
+    if isinstance(spec.baseline, dict):
+        return dict(spec.baseline)
+    return {run: spec.baseline for run in spec.runs if spec.baseline and run != spec.baseline}
 
 
 def run_dir(spec: ExperimentSpec, run_name: str, seed: int) -> Path:
@@ -98,6 +121,8 @@ def train_all(spec: ExperimentSpec) -> dict[str, Path]:
     directories = {}
     for seed in spec.seeds:
         for run_name in spec.runs:
+            if seed not in seeds_of(spec, run_name):
+                continue
             reused = reusable_run(spec, run_name, seed)
             if reused is None:
                 train_once(spec, run_name, seed)

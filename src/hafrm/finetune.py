@@ -54,8 +54,9 @@ def _wrap_lora(model: nn.Module, cfg):
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-        # The reward head trains in full (no adapter on it) and is saved inside the adapter.
-        exclude_modules=[SCORE_HEAD] if with_score else None,
+        # The reward head trains in full (no adapter on it or on any layer inside GRM's MLP head, which
+        # "all-linear" would otherwise reach by their names "1" and "3") and is saved inside the adapter.
+        exclude_modules=rf"(.*\.)?{SCORE_HEAD}(\..*)?" if with_score else None,
         modules_to_save=[SCORE_HEAD] if with_score else None,
         task_type="CAUSAL_LM",
     )

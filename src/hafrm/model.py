@@ -6,8 +6,8 @@
     out = hybrid_forward(model, batch, need_rewards=True, need_logps=True)
     out.chosen_rewards, out.chosen_logps            # [B] each
 
-There is no wrapper class. The reward head is a `Linear(hidden, 1)` attached to the causal LM as its
-`score` submodule, so the model's own `save_pretrained` writes `model.*`, `lm_head.*` and
+There is no wrapper class. The reward head is a `Linear(hidden, 1)` (or GRM's MLP, `build_score_head`)
+attached to the causal LM as its `score` submodule, so the model's own `save_pretrained` writes `model.*`, `lm_head.*` and
 `score.weight` into one directory that loads unchanged as `AutoModelForCausalLM` (the policy) and as
 `AutoModelForSequenceClassification(num_labels=1)` (the reward model). Trainer, peft, accelerate,
 DeepSpeed and FSDP all see a plain `PreTrainedModel` (or `PeftModel`).
@@ -96,30 +96,66 @@ def lower_blocks_skipped(model: nn.Module, n_frozen: int):
             blocks[i] = block
 
 
-def attach_score_head(causal_lm: nn.Module, pad_token_id: int, seed: int = 0) -> nn.Linear:
-    """Add the reward head F and make the config load as a 1-label sequence classifier.
+# The reward head F's forms (`--reward-head-type`): `linear` (hafrm's default), `zero` (the same linear
+# layer starting at 0, as the official HAF code initialises its head; its bias is left out because it
+# cancels in the pairwise loss and no sequence-classification loader would read it), `mlp` (GRM's:
+# dropout, Linear(hidden, 1024), ReLU, Linear(1024, 1), read by hafrm's own loaders only).
+REWARD_HEAD_TYPES = ("linear", "zero", "mlp")
+MLP_HEAD_HIDDEN = 1024
+MLP_HEAD_DROPOUT = 0.1
 
-    The head's init draws from its own generator, so it depends on `seed` alone (not on whatever
-    consumed the global RNG before, such as converting the default model on first use).
-    """
-    hidden = causal_lm.config.get_text_config().hidden_size
+
+def build_score_head(hidden: int, head_type: str = "linear", seed: int = 0) -> nn.Module:
+    """The reward head F for a trunk of width `hidden`; its init depends on `seed` alone (its own generator,
+    not whatever consumed the global RNG before, such as converting the default model on first use)."""
+    generator = torch.Generator().manual_seed(seed)
+    if head_type == "mlp":
+        head = nn.Sequential(
+            nn.Dropout(MLP_HEAD_DROPOUT),
+            nn.Linear(hidden, MLP_HEAD_HIDDEN),
+            nn.ReLU(),
+            nn.Linear(MLP_HEAD_HIDDEN, 1),
+        )
+        for layer in (head[1], head[3]):  # nn.Linear's own default range, drawn from the seeded generator
+            bound = 1 / math.sqrt(layer.in_features)
+            nn.init.uniform_(layer.weight, -bound, bound, generator=generator)
+            nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+        return head
+    if head_type not in REWARD_HEAD_TYPES:
+        raise ValueError(f"unknown reward head type {head_type!r}; one of {', '.join(REWARD_HEAD_TYPES)}")
     head = nn.Linear(hidden, 1, bias=False)
-    # Same scale as OpenRLHF's value head: initial rewards of order 1 whatever the hidden size.
-    nn.init.normal_(head.weight, std=1 / math.sqrt(hidden + 1), generator=torch.Generator().manual_seed(seed))
+    if head_type == "zero":
+        nn.init.zeros_(head.weight)
+    else:  # the same scale as OpenRLHF's value head: initial rewards of order 1 whatever the hidden size
+        nn.init.normal_(head.weight, std=1 / math.sqrt(hidden + 1), generator=generator)
+    return head
+
+
+def attach_score_head(causal_lm: nn.Module, pad_token_id: int, seed: int = 0, head_type: str = "linear") -> nn.Module:
+    """Add the reward head F (`build_score_head`) and make the config load as a 1-label sequence classifier."""
+    head = build_score_head(causal_lm.config.get_text_config().hidden_size, head_type, seed)
     param = next(causal_lm.parameters())
     causal_lm.score = head.to(device=param.device, dtype=param.dtype)
-    set_reward_config(causal_lm.config, pad_token_id)
+    set_reward_config(causal_lm.config, pad_token_id, head_type)
     return causal_lm.score
 
 
-def set_reward_config(config, pad_token_id: int) -> None:
+def score_head_type(causal_lm: nn.Module) -> str:
+    """The form of the reward head a model carries (`REWARD_HEAD_TYPES`; `zero` reads as `linear` once built)."""
+    return "mlp" if isinstance(getattr(causal_lm, SCORE_HEAD), nn.Sequential) else "linear"
+
+
+def set_reward_config(config, pad_token_id: int, head_type: str = "linear") -> None:
     """The config.json fields reward-model loaders read: transformers' sequence classifier (num_labels,
     pad_token_id), the text-classification pipeline (problem_type regression: raw rewards, no sigmoid),
-    OpenRLHF (value_head_prefix)."""
+    OpenRLHF (value_head_prefix); and, for GRM's MLP head, which no stock loader builds, its form
+    (`hafrm_reward_head`) so that a reader can tell."""
     config.num_labels = 1
     config.problem_type = "regression"
     config.value_head_prefix = SCORE_HEAD
     config.pad_token_id = pad_token_id
+    if head_type == "mlp":
+        config.hafrm_reward_head = {"type": "mlp", "hidden": MLP_HEAD_HIDDEN, "dropout": MLP_HEAD_DROPOUT}
 
 
 def reward_index(input_ids: Tensor, pad_token_id: int) -> Tensor:
@@ -239,7 +275,8 @@ def _heads(causal_lm: nn.Module, hidden: Tensor, batch: dict, need_rewards: bool
             last_states = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [N, H]
         score = getattr(causal_lm, SCORE_HEAD)
         # a fresh tensor, not a view: wrappers (FSDP2) hook the model's outputs and in-place ops drop hooks on views
-        rewards = score(last_states.to(score.weight.dtype)).squeeze(-1).float().clone()  # [N]
+        dtype = next(score.parameters()).dtype
+        rewards = score(last_states.to(dtype)).squeeze(-1).float().clone()  # [N]
     if need_logps:
         targets = (
             (batch["target_states"], batch["target_ids"], batch["target_sequences"], batch["sequence_ends"].shape[0])

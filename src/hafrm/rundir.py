@@ -62,7 +62,7 @@ FREE_ON_RESUME = frozenset(
     | {"prompt_sharing", "prefix_cache", "share_prefix_cache", "attn_implementation"}
 )
 # Recorded for information, not identity.
-NOT_IDENTITY = frozenset({"hafrm_version", "reward_mean", "reward_std"})
+NOT_IDENTITY = frozenset({"hafrm_version", "reward_mean", "reward_std", "train_pairs"})  # the data: its fingerprint
 # Extending (or shortening) a run on --resume is allowed: the steps already taken stay as they were,
 # the learning-rate schedule is recomputed for the new length (said in a note).
 LENGTH = ("max_steps", "epochs")

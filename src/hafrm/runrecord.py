@@ -54,6 +54,7 @@ FILLED_IN = {
     "packing": False,
     "prompt_sharing": False,
     "prefix_cache": False,
+    "reward_head_type": "linear",
 }
 
 

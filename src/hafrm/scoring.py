@@ -132,6 +132,12 @@ class RewardModel:
         self.max_length = max_length or self.run.get("max_length") or self._classifier_max_length()
         config_path = self.directory / "config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        if self.kind == "classifier" and config.get("hafrm_reward_head"):
+            raise ValueError(
+                f"{self.directory}: config.json says its reward head is hafrm's {config['hafrm_reward_head']['type']} "
+                f"head (hafrm_reward_head), which transformers' sequence classifier does not build, and there is no "
+                f"hafrm.json run record to read it by: restore hafrm.json from the run it came from"
+            )
         # stored by `hafrm train` in config.json (full runs) and in the run record (every run, LoRA too)
         self.mean = config.get("mean", self.run.get("reward_mean"))
         self.std = config.get("std", self.run.get("reward_std"))

@@ -247,7 +247,9 @@ def run_record(cfg: TrainConfig, objective: Objective, model, tokenizer, train_s
         "train_data": data_fingerprint(train_set),
         "validation_data": data_fingerprint(eval_set) if eval_set is not None else None,
     }
-    return build_run_record(replace(cfg, data=cfg.data or BUILTIN), objective.uses_reward_head, fingerprints)
+    record = build_run_record(replace(cfg, data=cfg.data or BUILTIN), objective.uses_reward_head, fingerprints)
+    record["train_pairs"] = len(train_set)  # what a learning curve is drawn against (`study.train_pairs`)
+    return record
 
 
 def _train(cfg: TrainConfig, run_dir: RunDirectory, state: PartialState, callbacks: list | None) -> dict:
@@ -264,6 +266,7 @@ def _train(cfg: TrainConfig, run_dir: RunDirectory, state: PartialState, callbac
             seed=cfg.seed,
             keep_dropout=cfg.keep_dropout,
             attn_implementation=cfg.attn_implementation,
+            reward_head_type=cfg.reward_head_type,
         )
         tokenizer.padding_side = cfg.padding_side
         train_set, eval_set = load_datasets(cfg, tokenizer)

@@ -99,6 +99,11 @@ def _check_train_choices(cfg: TrainConfig) -> None:
 
     if cfg.max_steps == 0:
         raise ConfigError("--max-steps must be at least 1, or -1 to train for --epochs; got 0")
+    if cfg.method == "dpo" and cfg.reward_head_type != "linear":
+        raise ConfigError(
+            f"--reward-head-type {cfg.reward_head_type}: a dpo run has no reward head (its reward is β·log π/π_ref); "
+            "use it with --method rm or haf"
+        )
     if cfg.max_steps <= 0 and cfg.epochs <= 0:
         raise ConfigError(f"--epochs must be above 0 when --max-steps is not set, got {cfg.epochs}")
     schedulers = [scheduler.value for scheduler in SchedulerType]
