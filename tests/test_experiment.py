@@ -146,6 +146,17 @@ def test_bon_design_summarises_every_method_over_seeds_and_resumes(tmp_path, tin
     monkeypatch.setattr(hafrm.train, "train", lambda cfg: pytest.fail(f"retrained {cfg.output_dir}"))
     monkeypatch.setattr(hafrm.bon.Policy, "__init__", lambda *a: pytest.fail("sampled again"))
     assert experiment.run_experiment(path)["table"] == summary["table"]
+    # a method with fewer seeds (`run_seeds`): its own seeds in its row, head to head over the seeds both have
+    spec = yaml.safe_load(path.read_text()) | {"run_seeds": {"haf": [1]}}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    fewer = experiment.run_experiment(path)
+    assert fewer["table"]["rm"] == summary["table"]["rm"]
+    assert fewer["table"]["haf"]["top1"]["per_seed"] == [report["recall"]["haf/seed1"]["top1"]["recall"]]
+    assert (
+        fewer["head_to_head"]["rm vs haf"]["prompts"] == 3
+        and fewer["head_to_head"]["haf vs random (first sample)"]["prompts"] == 3
+    )
+    assert "of the reward models; haf: seed [1]." in (out / "results.md").read_text()
 
 
 def test_rlhf_design_reuses_reward_models_and_compares_policies(tmp_path, tiny_model, pairs_file, monkeypatch):

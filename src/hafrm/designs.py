@@ -66,7 +66,10 @@ def summarise_bon(spec, judge: list[list[float]], selectors: dict[str, list[list
         return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                 "per_seed": values}  # fmt: skip
 
-    by_method = {run: [selectors[f"{run}/seed{seed}"] for seed in spec.seeds] for run in spec.runs}
+    from .experiment_runs import seeds_of
+
+    seeded = {run: {seed: selectors[f"{run}/seed{seed}"] for seed in seeds_of(spec, run)} for run in spec.runs}
+    by_method = {run: list(grids.values()) for run, grids in seeded.items()}
     n = min(len(row) for row in judge)
     table = {}
     for run, grids in by_method.items():
@@ -80,12 +83,14 @@ def summarise_bon(spec, judge: list[list[float]], selectors: dict[str, list[list
             "curve": {size: mean_std([curve[size]["mean"] for curve in curves]) for size in curves[0]},
         }
     chance, chance_top1 = bon_curve(judge), random_recall(judge, 1)
-    seeds = len(spec.seeds)
     runs = list(by_method)
-    matches = {
-        f"{a} vs {b}": _pooled(judge, by_method[a], by_method[b]) for i, a in enumerate(runs) for b in runs[i + 1 :]
-    }
-    matches |= {f"{run} vs {RANDOM}": _pooled(judge, by_method[run], [None] * seeds) for run in runs}
+    matches = {}
+    for i, a in enumerate(runs):  # seed s against seed s, over the seeds both runs have
+        for b in runs[i + 1 :]:
+            common = [seed for seed in seeded[a] if seed in seeded[b]]
+            if common:
+                matches[f"{a} vs {b}"] = _pooled(judge, [seeded[a][s] for s in common], [seeded[b][s] for s in common])
+    matches |= {f"{run} vs {RANDOM}": _pooled(judge, by_method[run], [None] * len(by_method[run])) for run in runs}
     return {
         "prompts": len(judge),
         "n": n,
@@ -118,7 +123,9 @@ def bon_summary_markdown(spec, summary: dict, config_path: Path, cfg: BonConfig)
         f"(fraction of a prompt's constraints met). Mean judge score of all samples {summary['judge_mean']:.3f}; "
         f"{summary['all_tied']} prompts have all N samples tied (a hit for every selector); {summary['finished']:.0%} "
         f"of the replies ended by themselves (the rest were cut at the length limit). Mean ± std over seeds "
-        f"{spec.seeds} of the reward models.", "",
+        f"{spec.seeds} of the reward models"
+        + "".join(f"; {run}: seed{'s' if len(seeds) > 1 else ''} {seeds}" for run, seeds in spec.run_seeds.items())
+        + ".", "",
         f"| selector | top-1 recall | top-2 recall | top-1 recall, untied prompts | judge score of the pick (N = {n}) |",
         "|---|---|---|---|---|",
     ]  # fmt: skip
@@ -130,8 +137,8 @@ def bon_summary_markdown(spec, summary: dict, config_path: Path, cfg: BonConfig)
     lines.append(
         f"| random | {chance['top1']:.3f} | {chance['top2']:.3f} | {chance['top1_untied']:.3f} | {chance['pick']:.3f} |"
     )
-    lines += ["", "Head to head, by the judge, seed s of one against seed s of the other, counts summed over seeds "
-              "(the same prompts in every seed, so the interval is optimistic):", "",
+    lines += ["", "Head to head, by the judge, seed s of one against seed s of the other, counts summed over the "
+              "seeds both have (the same prompts in every seed, so the interval is optimistic):", "",
               "| A vs B | A wins / ties / B wins | win rate of A [95%] | same pick [95%] |", "|---|---|---|---|"]  # fmt: skip
     for name, match in summary["head_to_head"].items():
         low, high = match["ci95"]
@@ -147,7 +154,8 @@ def bon_summary_markdown(spec, summary: dict, config_path: Path, cfg: BonConfig)
     lines.append("| random | " + " | ".join(f"{summary['random']['curve'][size]:.3f}" for size in sizes) + " |")
     lines.append("| judge's best | " + " | ".join(f"{summary['ceiling'][size]:.3f}" for size in sizes) + " |")
     lines += ["", "## Budget and command", "", f"`hafrm experiment {config_path}`", "", "```yaml",
-              yaml.safe_dump({"base": spec.base, "runs": spec.runs, "seeds": spec.seeds, "bon": spec.bon},
+              yaml.safe_dump({"base": spec.base, "runs": spec.runs, "seeds": spec.seeds,
+                              **({"run_seeds": spec.run_seeds} if spec.run_seeds else {}), "bon": spec.bon},
                              sort_keys=False).rstrip(), "```"]  # fmt: skip
     return "\n".join(lines) + "\n"
 

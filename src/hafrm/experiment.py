@@ -102,10 +102,10 @@ def _check_run_names(spec: ExperimentSpec, path: str | Path) -> None:
             raise ValueError(
                 f"{path}: `{key}` names run(s) {unknown_runs} that `runs` does not have: {list(spec.runs)}"
             )
-    if spec.design in DOWNSTREAM and (spec.run_seeds or spec.set_runs or spec.learning_curve):
-        raise ValueError(
-            f"{path}: `run_seeds`, `set_runs` and `learning_curve` are for pairwise designs, not {spec.design}"
-        )
+    if spec.design in DOWNSTREAM and (spec.set_runs or spec.learning_curve):
+        raise ValueError(f"{path}: `set_runs` and `learning_curve` are for pairwise designs, not {spec.design}")
+    if spec.design == "rlhf" and spec.run_seeds:
+        raise ValueError(f"{path}: `run_seeds` is for the pairwise designs and bon, not rlhf")
     for run, seeds in spec.run_seeds.items():
         if not seeds or any(seed not in spec.seeds for seed in seeds):
             raise ValueError(
