@@ -57,7 +57,9 @@ def test_the_wheel_without_extras_runs_every_command(fresh_env, tiny_model, pair
     assert "trl" in installed and not {"pytest", "ruff", "hypothesis"} & installed  # trl is a dependency, dev is not
     work = tmp_path / "empty"
     work.mkdir()
+    assert hafrm(fresh_env, work, "--version").startswith("hafrm 0.")
     assert "--reward" in hafrm(fresh_env, work, "rlhf", "--help")
+    _readme_python_example_runs(fresh_env, work, tiny_model)
     run = [
         "--model",
         tiny_model,
@@ -122,3 +124,29 @@ def _serve_answers(bin_dir: Path, work: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def readme_python_example() -> str:
+    """The README's Python block (the one that imports from hafrm)."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = readme.split("```python\n")[1:]
+    (example,) = [block.split("```")[0] for block in blocks if block.startswith("from hafrm import")]
+    return example
+
+
+def _readme_python_example_runs(bin_dir: Path, work: Path, tiny_model: str) -> None:
+    example = readme_python_example().replace('"smollm2-135m-instruct"', repr(tiny_model))
+    assert tiny_model in example  # the example names its model, so the test can swap in the tiny one
+    # then what the example left behind, in one line the test can read
+    epilogue = (
+        "\nimport json\nprint('RESULT', json.dumps({'steps': summary.get('steps'), 'rewards': len(reward.score("
+        "[('a', 'b'), ('a', 'c')])), 'pairs': report['pairs'], 'accuracy': report['reward_head']['accuracy']}))\n"
+    )
+    result = subprocess.run(
+        [bin_dir / "python", "-c", example + epilogue], cwd=work, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    figures = json.loads(line.removeprefix("RESULT "))
+    assert figures["rewards"] == 2 and figures["pairs"] == 32 and 0 <= figures["accuracy"] <= 1
+    assert (work / "runs" / "api-haf" / "hafrm.json").is_file()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from hafrm.cli import main
+from hafrm.config import TrainConfig, parse_config
 from hafrm.rundir import (
     CHECKPOINT_MANIFEST,
     LOCK_FILE,
@@ -146,8 +147,9 @@ def test_a_second_run_into_a_locked_directory_fails_at_once_naming_the_holder(
     finally:
         holder.kill()
         holder.wait(timeout=30)
-    # the holder died with its lock: the directory is free again
+    # the holder died with its lock: the directory is free again, and the run leaves no lock file behind
     assert main(argv) == 0
+    assert not (output_dir / LOCK_FILE).exists()
 
 
 def test_another_method_into_a_run_directory_is_refused_then_overwritten(
@@ -204,8 +206,74 @@ def test_overwrite_removes_only_what_hafrm_writes(tmp_path):
         f"note: --overwrite: cleared {directory.path} (a rm run (finished, 1 checkpoint(s), newest checkpoint-2)); "
         "left in place, not hafrm's: notes.txt, sub"
     ]
-    assert sorted(entry.name for entry in directory.path.iterdir()) == [LOCK_FILE, "notes.txt", "sub"]
+    assert sorted(entry.name for entry in directory.path.iterdir()) == ["notes.txt", "sub"]  # the lock went too
     assert (directory.path / "sub" / "data.jsonl").read_text() == "mine too"
+
+
+def test_the_lock_file_goes_when_the_run_ends_and_a_removed_file_is_never_held(tmp_path, monkeypatch):
+    directory = RunDirectory(tmp_path / "run")
+    with directory.hold():
+        first = (directory.path / LOCK_FILE).stat().st_ino
+        assert (directory.path / LOCK_FILE).read_text().startswith(f"pid {os.getpid()} on ")
+    assert not (directory.path / LOCK_FILE).exists()
+    # a run that opened the file just before its holder removed it (and a third run made a fresh one) retries
+    # on the file now at the path: it must hold that one, or two runs would each hold "the" lock
+    import fcntl
+
+    import hafrm.rundir
+
+    real_flock, calls = fcntl.flock, []
+
+    def flock_after_a_swap(handle, operation):
+        if operation & fcntl.LOCK_EX and not calls:
+            (directory.path / LOCK_FILE).unlink()
+            (directory.path / LOCK_FILE).write_text("")
+        calls.append(operation)
+        return real_flock(handle, operation)
+
+    monkeypatch.setattr(hafrm.rundir.fcntl, "flock", flock_after_a_swap)
+    with directory.hold():
+        assert sum(1 for op in calls if op & fcntl.LOCK_EX) == 2  # the first lock was on a removed file
+        with open(directory.path / LOCK_FILE) as live, pytest.raises(BlockingIOError):
+            real_flock(live, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the live file is held
+    assert first > 0 and not (directory.path / LOCK_FILE).exists()
+
+
+def test_a_run_that_fails_before_saving_anything_leaves_the_directory_as_it_found_it(
+    tiny_model, pairs_file, tmp_path, capsys, monkeypatch, train_argv
+):
+    import hafrm.train
+
+    output_dir = tmp_path / "new" / "run"
+    argv = train_argv(tiny_model, pairs_file, output_dir, "--max-steps", "2", "--eval-steps", "2")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("the reference pass ran out of memory")
+
+    monkeypatch.setattr(hafrm.train, "add_reference_logps", fail)
+    with pytest.raises(RuntimeError, match="ran out of memory"):
+        hafrm.train.train(parse_config(TrainConfig, argv[1:]))
+    assert not output_dir.exists() and (tmp_path / "new").is_dir()  # made for the run, removed with it
+    existing = tmp_path / "empty"
+    existing.mkdir()
+    with pytest.raises(RuntimeError):
+        hafrm.train.train(parse_config(TrainConfig, train_argv(tiny_model, pairs_file, existing)[1:]))
+    assert existing.is_dir() and list(existing.iterdir()) == []
+    monkeypatch.undo()
+    assert main(argv) == 0  # the corrected command is not refused for an unfinished run
+    assert (output_dir / "hafrm.json").is_file()
+
+
+def test_trainable_layers_beyond_the_model_are_refused_before_anything_loads(
+    tiny_model, pairs_file, tmp_path, capsys, train_argv
+):
+    output_dir = tmp_path / "run"
+    argv = train_argv(tiny_model, pairs_file, output_dir, "--finetune", "freeze", "--trainable-layers", "4")
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"hafrm train: error: --trainable-layers must be in 1..2 for {tiny_model} (2 blocks), got 4"
+    )
+    assert not output_dir.exists()
 
 
 def test_a_directory_of_someone_else_s_files_is_refused_by_name_and_left_untouched(tmp_path):

@@ -121,8 +121,25 @@ USAGE = (
     "usage: hafrm {train,eval,score,export,bon,rlhf,serve} [--config FILE.yaml] [--flags ...]\n"
     "       hafrm data stats NAME... [--max-length L] [--model M]\n"
     "       hafrm experiment CONFIG.yaml [--dry-run] [--runs A,B] [--seeds 0,1]\n"
+    "       hafrm --version\n"
     "(hafrm COMMAND --help lists the flags)"
 )
+
+
+def version_line() -> str:
+    """`hafrm --version`: hafrm's version and the versions of the libraries whose behaviour it depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "absent"
+
+    libraries = ", ".join(f"{name} {installed(name)}" for name in ("torch", "transformers", "peft", "trl"))
+    return f"hafrm {__version__} ({libraries})"
 
 
 def unknown_command(name: str) -> str:
@@ -189,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "experiment":
         return _experiment(argv[1:])
+    if argv and argv[0] in {"--version", "-V"}:
+        print(version_line())
+        return 0
     if not argv or argv[0] in {"-h", "--help"}:
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2

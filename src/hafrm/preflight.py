@@ -193,6 +193,31 @@ def check_max_length(max_length: int | None, model: str) -> None:
         )
 
 
+def model_layers(value: str) -> int | None:
+    """How many transformer blocks a model has (its config's num_hidden_layers), None where unknown."""
+    try:
+        config = _config_of(value)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    for scope in (config.get("text_config"), config):
+        if isinstance(scope, dict) and isinstance(scope.get("num_hidden_layers"), int):
+            return scope["num_hidden_layers"]
+    return None
+
+
+def check_trainable_layers(cfg: TrainConfig) -> None:
+    """`--finetune freeze --trainable-layers N` within the model's blocks, before the data and reference pass."""
+    if cfg.finetune != "freeze":
+        return
+    layers = model_layers(cfg.model)
+    if layers is not None and cfg.trainable_layers > layers:
+        raise ConfigError(
+            f"--trainable-layers must be in 1..{layers} for {cfg.model} ({layers} blocks), got {cfg.trainable_layers}"
+        )
+
+
 def check_run_dir(flag: str, value: str) -> None:
     """A hafrm output directory (what `hafrm train --output-dir` wrote), read by eval, score and export."""
     path = Path(value)
@@ -294,6 +319,7 @@ def check_inputs(cfg) -> None:
         check_trackers("--report-to", cfg.report_to)
         check_base_model("--model", cfg.model)
         check_max_length(cfg.max_length, cfg.model)
+        check_trainable_layers(cfg)
         check_output_dir(cfg.output_dir)
     elif isinstance(cfg, EvalConfig):
         if cfg.rewardbench is not None and not Path(cfg.rewardbench).exists():

@@ -201,19 +201,29 @@ class RunDirectory:
         directory is checked first (`check_ours`): nothing is written into a directory that is not hafrm's.
         """
         self.check_ours()
-        with writing(f"the lock file {self.path / LOCK_FILE}", self.path, after="; nothing was changed"):
-            self.path.mkdir(parents=True, exist_ok=True)
-            handle = os.fdopen(open_no_follow(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT), "r+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+        lock = self.path / LOCK_FILE
+        while True:
+            with writing(f"the lock file {lock}", self.path, after="; nothing was changed"):
+                self.path.mkdir(parents=True, exist_ok=True)
+                handle = os.fdopen(open_no_follow(lock, os.O_RDWR | os.O_CREAT), "r+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                handle.close()
+                raise RunDirectoryError(
+                    f"{self.path} is in use by another hafrm run ({holder}); wait for it to end, stop it, "
+                    "or choose another --output-dir"
+                ) from None
+            # The holder before us removes the file as it lets go: a lock on a file no longer at the path
+            # guards nothing, so take the one that is there now.
+            try:
+                if os.stat(lock, follow_symlinks=False).st_ino == os.fstat(handle.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             handle.close()
-            raise RunDirectoryError(
-                f"{self.path} is in use by another hafrm run ({holder}); wait for it to end, stop it, "
-                "or choose another --output-dir"
-            ) from None
         try:
             started = time.strftime("%Y-%m-%d %H:%M:%S")
             try:
@@ -229,10 +239,32 @@ class RunDirectory:
             yield self
         finally:
             if not handle.closed:
-                handle.seek(0)
-                handle.truncate()
+                lock.unlink(missing_ok=True)  # while still held: the next run takes a fresh file
                 fcntl.flock(handle, fcntl.LOCK_UN)
                 handle.close()
+
+    def entries(self) -> set[str]:
+        """The names in the directory now (none where it does not exist)."""
+        return {entry.name for entry in self.path.iterdir()} if self.path.is_dir() else set()
+
+    def undo_unstarted(self, before: set[str]) -> list[str]:
+        """After a run failed before it saved anything (no checkpoint, no final model): remove what it added
+        since `before`, so that the corrected command is not refused for an unfinished run. -> the names removed.
+
+        `skipped-rows.jsonl` stays: it lists the rows the run left out, which is what a user looks at next.
+        """
+        if self.checkpoints() or has_run_record(self.path) or not self.path.is_dir():
+            return []
+        removed = []
+        for entry in sorted(self.path.iterdir()):
+            if entry.name in before or entry.name in (LOCK_FILE, "skipped-rows.jsonl"):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry.name)
+        return removed
 
     def check_ours(self) -> None:
         """RunDirectoryError where the path cannot be an output directory (`output_dir_problem`), or where it is

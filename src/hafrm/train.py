@@ -226,11 +226,23 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> dict:
     state = PartialState(cpu=on_cpu())
     run_dir = RunDirectory(cfg.output_dir)
     # One process holds the lock; under `accelerate launch` the others follow the main process.
-    with run_dir.hold() if state.is_main_process else contextlib.nullcontext():
-        if state.is_main_process:
-            for note in run_dir.prepare(cfg.resume, cfg.overwrite):
-                say(note)
-        return _train(cfg, run_dir, state, callbacks)
+    existed = run_dir.path.exists()
+    try:
+        with run_dir.hold() if state.is_main_process else contextlib.nullcontext():
+            if state.is_main_process:
+                for note in run_dir.prepare(cfg.resume, cfg.overwrite):
+                    say(note)
+            before = run_dir.entries()
+            try:
+                return _train(cfg, run_dir, state, callbacks)
+            except BaseException:
+                if state.is_main_process:  # failed before anything was saved: leave the directory as it was
+                    run_dir.undo_unstarted(before)
+                raise
+    except BaseException:
+        if state.is_main_process and not existed and run_dir.path.is_dir() and not any(run_dir.path.iterdir()):
+            run_dir.path.rmdir()  # it was made for this run, which left nothing in it
+        raise
 
 
 def data_fingerprint(dataset) -> str:
