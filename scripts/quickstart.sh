@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-hafrm train --config configs/quickstart.yaml "$@"
+hafrm train --config quickstart "$@"   # shipped in the package: configs/quickstart.yaml in a checkout
 hafrm eval --model runs/quickstart --data builtin:test --json runs/quickstart/test.json
 hafrm score --model runs/quickstart \
   --prompt "Describe a paper kite. Write your entire reply in capital letters only." \

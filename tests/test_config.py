@@ -357,7 +357,7 @@ def test_an_unknown_command_suggests_the_closest_and_lists_all(capsys):
     assert main(["traim"]) == 2
     assert capsys.readouterr().err == (
         "hafrm: unknown command 'traim' (did you mean 'train'?)\n"
-        "commands: train, eval, score, export, bon, rlhf, serve, data, experiment\n"
+        "commands: train, eval, score, export, bon, rlhf, serve, data, experiment, configs\n"
         "(hafrm COMMAND --help lists the flags)\n"
     )
     assert main(["zzz"]) == 2
@@ -430,3 +430,45 @@ def test_a_run_s_max_length_is_bounded_by_its_model(reward_runs, tiny_model, tmp
     (lora_run / "hafrm.json").write_text(json.dumps({"base_model": tiny_model, "method": "haf"}))
     assert model_positions(str(lora_run)) == 512
     assert model_positions("smollm2") == 8192
+
+
+def test_shipped_configs_are_found_by_name_and_a_wrong_name_lists_them(tmp_path, monkeypatch, capsys):
+    from hafrm.config import config_path, shipped_configs
+
+    monkeypatch.chdir(tmp_path)  # nothing here: the package's own files answer
+    shipped = shipped_configs()
+    assert {"quickstart", "accelerate/zero2", "experiments/study-builtin"} <= set(shipped)
+    assert config_path("quickstart") == shipped["quickstart"]
+    assert config_path("study-builtin", "experiments") == shipped["experiments/study-builtin"]
+    assert config_path("accelerate/zero3") == shipped["accelerate/zero3"]
+    (tmp_path / "quickstart").write_text("lr: 1\n")  # a file of that name wins over the shipped config
+    assert config_path("quickstart") == Path("quickstart")
+    with pytest.raises(ConfigError) as unknown:
+        config_path("study-bulitin", "experiments")
+    assert str(unknown.value).startswith(
+        "study-bulitin: no such file, and no config of that name ships with hafrm (did you mean 'study-builtin'?); "
+        "shipped: alpha-sweep, bon-builtin, "
+    )
+    assert main(["configs", "zero2"]) == 0
+    assert capsys.readouterr().out.strip() == str(shipped["accelerate/zero2"].resolve())
+    assert main(["configs", "zero9"]) == 1
+    assert capsys.readouterr().err.startswith("hafrm configs: error: zero9: no such file, and no config of that name")
+    (tmp_path / "quickstart").unlink()
+    assert parse_config(TrainConfig, ["--config", "quickstart"]).trainable_layers == 4  # read from the package
+
+
+def test_experiment_set_replaces_one_value_and_names_a_missing_mapping(tmp_path):
+    from hafrm.experiment import load_spec
+    from hafrm.experiment_runs import train_config
+
+    spec = load_spec(
+        "study-lr", settings=["base.batch_size=4", "runs.rm-lr1e-5.lr=5e-6", "evaluate.extra=builtin:test@8"]
+    )
+    cfg = train_config(spec, "rm-lr1e-5", 0)
+    assert (cfg.batch_size, cfg.lr) == (4, 5e-6)  # read as the flags read them
+    assert spec.evaluate == {"validation": "builtin:validation@300", "extra": "builtin:test@8"}
+    with pytest.raises(ConfigError) as missing:
+        load_spec("study-lr", settings=["runs.nope.lr=1"])
+    assert str(missing.value).endswith("has no mapping `runs.nope` to set a value in")
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_spec("study-lr", settings=["base.lr"])

@@ -120,7 +120,8 @@ COMMANDS = {
 USAGE = (
     "usage: hafrm {train,eval,score,export,bon,rlhf,serve} [--config FILE.yaml] [--flags ...]\n"
     "       hafrm data stats NAME... [--max-length L] [--model M]\n"
-    "       hafrm experiment CONFIG.yaml [--dry-run] [--runs A,B] [--seeds 0,1]\n"
+    "       hafrm experiment CONFIG.yaml|NAME [--dry-run] [--runs A,B] [--seeds 0,1] [--set KEY=VALUE]\n"
+    "       hafrm configs [NAME]\n"
     "       hafrm --version\n"
     "(hafrm COMMAND --help lists the flags)"
 )
@@ -144,7 +145,7 @@ def version_line() -> str:
 
 def unknown_command(name: str) -> str:
     """The lines printed for a command that does not exist: the closest one, when a typo is likely, and the list."""
-    commands = [*COMMANDS, "experiment"]
+    commands = [*COMMANDS, "experiment", "configs"]
     close = difflib.get_close_matches(name, commands, n=1)
     guess = f" (did you mean {close[0]!r}?)" if close else ""
     return f"hafrm: unknown command {name!r}{guess}\ncommands: {', '.join(commands)}\n(hafrm COMMAND --help lists the flags)"
@@ -176,8 +177,16 @@ def _experiment(argv: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="hafrm experiment", description="train and compare methods, resumable")
-    parser.add_argument("config", help="experiment YAML (see configs/experiments/)")
+    parser.add_argument("config", help="experiment YAML, or the name of a shipped one (hafrm configs lists them)")
     parser.add_argument("--dry-run", action="store_true", help="check the config and print the plan only")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="replace one value of the config (dotted key, YAML value), e.g. --set evaluate.pandalm=FILE.json "
+        "--set base.data=pairs.jsonl --set runs.haf.lr=1e-5; repeatable",
+    )
     parser.add_argument("--runs", help="only these runs (comma-separated); tables go to OUTPUT_DIR/part-...")
     parser.add_argument("--seeds", help="only these seeds (comma-separated); tables go to OUTPUT_DIR/part-...")
     args = parser.parse_args(argv)
@@ -187,10 +196,32 @@ def _experiment(argv: list[str]) -> int:
     try:
         runs = args.runs.split(",") if args.runs else None
         seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else None
-        run_experiment(args.config, dry_run=args.dry_run, runs=runs, seeds=seeds)
+        run_experiment(args.config, dry_run=args.dry_run, runs=runs, seeds=seeds, settings=args.set)
     except USER_ERRORS as error:
         print(f"hafrm experiment: error: {error_line(error)}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _configs(argv: list[str]) -> int:
+    """`hafrm configs [NAME]`: the configs hafrm ships, or one's path (for `accelerate launch --config_file`)."""
+    from .config import config_path, shipped_configs
+
+    if len(argv) > 1 or (argv and argv[0].startswith("-")):
+        if argv and argv[0] in {"-h", "--help"}:
+            print("usage: hafrm configs [NAME]   (no NAME: list the shipped configs; NAME: print its path)")
+            return 0
+        print("usage: hafrm configs [NAME]", file=sys.stderr)
+        return 2
+    if argv:
+        try:
+            print(config_path(argv[0], "accelerate" if "/" not in argv[0] else "").resolve())
+        except USER_ERRORS as error:
+            print(f"hafrm configs: error: {error_line(error)}", file=sys.stderr)
+            return 1
+        return 0
+    for name, path in shipped_configs().items():
+        print(f"{name:<32} {path}")
     return 0
 
 
@@ -206,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "experiment":
         return _experiment(argv[1:])
+    if argv and argv[0] == "configs":
+        return _configs(argv[1:])
     if argv and argv[0] in {"--version", "-V"}:
         print(version_line())
         return 0

@@ -10,6 +10,7 @@ config names (model, data, trackers) before anything heavy loads:
 """
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -390,6 +391,37 @@ class ExportConfig:
     output_dir: str = _help("where the merged model goes", default="runs/hafrm-merged")
 
 
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def shipped_configs() -> dict[str, Path]:
+    """{name: path} of the configs in the package: `quickstart`, `experiments/NAME`, `accelerate/NAME`."""
+    return {
+        str(path.relative_to(SHIPPED_CONFIGS).with_suffix("")): path for path in sorted(SHIPPED_CONFIGS.rglob("*.yaml"))
+    }
+
+
+def config_path(value: str, folder: str = "") -> Path:
+    """A config given as a file, or by the name of one the package ships (in `folder`, or anywhere by its path).
+
+    `quickstart` -> hafrm/configs/quickstart.yaml; `study-builtin` with folder `experiments` ->
+    hafrm/configs/experiments/study-builtin.yaml; `accelerate/zero2` -> hafrm/configs/accelerate/zero2.yaml.
+    An existing file always wins; a name that is neither gets a ConfigError listing what ships.
+    """
+    path = Path(value)
+    if path.is_file() or path.suffix in (".yaml", ".yml") or path.is_dir():
+        return path  # a file (read_yaml says so when it cannot be read)
+    shipped = shipped_configs()
+    for name in (f"{folder}/{value}" if folder else value, value):
+        if name in shipped:
+            return shipped[name]
+    names = sorted(name for name in shipped if not folder or name.startswith(f"{folder}/"))
+    shown = ", ".join(name.removeprefix(f"{folder}/") for name in names)
+    close = difflib.get_close_matches(value, [name.removeprefix(f"{folder}/") for name in names], n=1)
+    guess = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"{value}: no such file, and no config of that name ships with hafrm{guess}; shipped: {shown}")
+
+
 def parse_config(config_class, argv: list[str]):
     """Dataclass from an optional YAML `--config FILE` with flags overriding it; unknown keys are errors."""
     from transformers import HfArgumentParser
@@ -397,21 +429,22 @@ def parse_config(config_class, argv: list[str]):
     parser = HfArgumentParser(config_class)
     parser.add_argument("--config", default=None, help="YAML file whose keys are this command's fields")
     known = {f.name for f in dataclasses.fields(config_class)}
-    config_path = _peek_config(argv)
-    if config_path:
-        values = read_yaml(config_path) or {}
+    given = _peek_config(argv)
+    if given:
+        path = config_path(given)  # a file, or a shipped config's name
+        values = read_yaml(path) or {}
         if not isinstance(values, dict):
-            raise ValueError(f"{config_path}: expected a mapping of field names to values")
+            raise ValueError(f"{path}: expected a mapping of field names to values")
         values = {key.replace("-", "_"): value for key, value in values.items()}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{config_path}: unknown field(s) {unknown}; valid fields: {sorted(known)}")
+            raise ValueError(f"{path}: unknown field(s) {unknown}; valid fields: {sorted(known)}")
         # argparse applies neither `type` nor `choices` checks to defaults it is not given as text (and a text
         # default outside a Literal's choices is a KeyError), so the YAML values are converted and checked here.
         try:
             values = coerce(config_class, values)
         except ConfigError as error:
-            raise ConfigError(f"{config_path}: {error}") from None
+            raise ConfigError(f"{path}: {error}") from None
         parser.set_defaults(**values)
     return parser.parse_args_into_dataclasses(args=argv)[0]
 

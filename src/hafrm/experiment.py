@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import BonConfig, EvalConfig, RlhfConfig, read_yaml
+from .config import BonConfig, EvalConfig, RlhfConfig, config_path, read_yaml
 from .experiment_runs import (
     ExperimentSpec,
     baselines,
@@ -53,15 +53,40 @@ DOWNSTREAM = ("bon", "rlhf")  # designs that use the trained reward models inste
 EVAL_SET_BY_RUN = ("model", "data", "json")  # EvalConfig fields the experiment sets per run and set
 
 
-def load_spec(path: str | Path, overrides: dict | None = None) -> ExperimentSpec:
-    """Read and check an experiment YAML; `overrides` replace `base` fields (tests point it at a tiny model).
+def apply_settings(values: dict, settings: list[str], path: str | Path) -> dict:
+    """`--set KEY=VALUE` on a config read from YAML: KEY is dotted (`evaluate.pandalm`, `runs.haf.lr`), VALUE is
+    read as YAML (`1e-5` a number, `[0, 1]` a list). Every mapping on the way must exist; the last key may be new."""
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {setting!r}: expected KEY=VALUE, e.g. evaluate.pandalm=testset-v1.json")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        *parents, leaf = key.split(".")
+        target = values
+        for depth, name in enumerate(parents):
+            if not isinstance(target.get(name), dict):
+                where = ".".join(parents[: depth + 1])
+                raise ConfigError(f"--set {key}: {path} has no mapping `{where}` to set a value in")
+            target = target[name]
+        target[leaf] = value
+    return values
+
+
+def load_spec(path: str | Path, overrides: dict | None = None, settings: list[str] | None = None) -> ExperimentSpec:
+    """Read and check an experiment YAML (a file, or the name of a shipped one); `overrides` replace `base`
+    fields (tests point it at a tiny model); `settings` are `--set KEY=VALUE` changes (`apply_settings`).
 
     Everything a run will need is checked here, before anything trains (`check_spec`): a bad value or a
     missing data file stops a dry run as it stops the real one.
     """
+    path = config_path(str(path), "experiments")
     values = read_yaml(path) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of experiment keys, got {values!r}")
+    values = apply_settings(values, settings or [], path)
     fields = dataclasses.fields(ExperimentSpec)
     known = {f.name for f in fields}
     unknown = sorted(set(values) - known)
@@ -259,8 +284,10 @@ def run_experiment(
     overrides: dict | None = None,
     runs: list[str] | None = None,
     seeds: list[int] | None = None,
+    settings: list[str] | None = None,
 ) -> dict:
-    spec = load_spec(path, overrides)
+    spec = load_spec(path, overrides, settings)
+    path = config_path(str(path), "experiments")
     if runs or seeds:
         spec = select(spec, runs, seeds)
     print("\n".join(plan(spec)))
