@@ -24,6 +24,7 @@ from .data.templates import ensure_pad_token, pad_problem
 from .default_model import resolve_model_path
 from .devices import to_scoring_device
 from .model import SCORE_HEAD, attach_score_head
+from .modelcard import write_model_card
 from .runrecord import read_run_record, write_run_record
 from .writes import atomic_write_text
 
@@ -286,4 +287,5 @@ def export(run_dir: str | Path, output_dir: str | Path) -> Path:
         update_config_json(output_dir, moments)
     finetune = "lora-merged" if is_lora else record.get("finetune")
     write_run_record(output_dir, {**record, "finetune": finetune, "exported_from": str(run_dir)})
+    write_model_card(output_dir)
     return Path(output_dir)

@@ -24,6 +24,7 @@ from .data.length_rule import longer_is_better_accuracy
 from .data.tokenize import pair_sequences
 from .losses import needs_reference
 from .metrics import comparison, fit_combination, grouped, perplexity
+from .modelcard import record_evaluation
 from .runrecord import read_run_record
 from .scoring import RewardModel
 
@@ -174,6 +175,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         report["scores"] = {head: chosen.tolist() + rejected.tolist() for head, (chosen, rejected) in heads.items()}
     print_report(report)
     _write_outputs(cfg, report, heads, scores["test"])
+    record_evaluation(cfg.model, cfg.data, report)  # the run's card lists what it was evaluated on
     return report
 
 

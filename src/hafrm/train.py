@@ -28,6 +28,7 @@ from .devices import on_cpu
 from .finetune import prepare_finetuning
 from .guard import NumericalGuard, TrainingStopped
 from .layout import LAYOUT_TOLERANCE, layout_tolerance, packing_error, sharing_error
+from .modelcard import validation_figures, write_model_card
 from .objective import Objective
 from .prefix_cache import FrozenPrefixCache, cache_error
 from .reference import add_reference_logps, dataset_fingerprint, model_fingerprint
@@ -346,6 +347,12 @@ def _train(cfg: TrainConfig, run_dir: RunDirectory, state: PartialState, callbac
     summary["prefix_cache_build_seconds"] = prefix_cache.build_seconds if prefix_cache is not None else None
     if objective.uses_reward_head and "final" in summary and trainer.args.should_save:
         record_reward_moments(cfg.output_dir, summary["final"]["eval_reward_mean"], summary["final"]["eval_reward_std"])
+    if trainer.args.should_save:
+        if "final" in summary and eval_set is not None:  # the kept checkpoint's figures, logged last
+            final = summary["final"]
+            accuracy = final["eval_accuracy"] if objective.uses_reward_head else final["eval_implicit_accuracy"]
+            update_run_record(cfg.output_dir, validation=validation_figures(accuracy, len(eval_set)))
+        write_model_card(cfg.output_dir)
     print_summary(summary, cfg)
     return summary
 
