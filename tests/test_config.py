@@ -472,3 +472,30 @@ def test_experiment_set_replaces_one_value_and_names_a_missing_mapping(tmp_path)
     assert str(missing.value).endswith("has no mapping `runs.nope` to set a value in")
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_spec("study-lr", settings=["base.lr"])
+
+
+def test_help_reads_as_a_user_types_flags(capsys):
+    with pytest.raises(SystemExit) as shown:
+        main(["train", "--help"])
+    assert shown.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: hafrm train [--config FILE|NAME] [options]\n")
+    assert "--trainable-layers TRAINABLE_LAYERS" in text and "--trainable_layers" not in text
+    assert "--no-packing" not in text.split("--packing [BOOL]")[0]  # one entry per on/off pair ...
+    packing = " ".join(text.split("--packing [BOOL]")[1].split("--prompt-sharing")[0].split())
+    assert "(--no-packing turns it off)" in packing  # ... which says how to turn it off
+    assert main(["train", "--no_packing", "--packing", "false", "--max-steps", "0"]) == 1  # both forms still parse
+    assert "--max-steps must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--modle", "x"], "unknown flag --modle (did you mean --model?); hafrm train --help lists them"),
+        (["--max-step", "3"], "unknown flag --max-step (did you mean --max-steps?); hafrm train --help lists them"),
+        (["--lr", "1e-4", "stray"], "hafrm train: unexpected value(s) stray (every value follows its flag)"),
+    ],
+)
+def test_a_mistyped_or_abbreviated_flag_is_named_with_the_closest_one(argv, message, capsys):
+    assert main(["train", *argv]) == 1
+    assert capsys.readouterr().err.strip() == f"hafrm train: error: {message}"

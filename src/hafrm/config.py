@@ -422,12 +422,64 @@ def config_path(value: str, folder: str = "") -> Path:
     raise ConfigError(f"{value}: no such file, and no config of that name ships with hafrm{guess}; shipped: {shown}")
 
 
+def _tidy_help(parser, config_class) -> None:
+    """The parser as a user reads it: `hafrm COMMAND [options]`, dashed flags only (the underscore forms still
+    parse), one line per on/off pair (`--packing` says how to turn it off), `BOOL` for a flag's optional value,
+    and no abbreviations (`--max-step` is not `--max-steps`)."""
+    import argparse
+
+    class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+        def _split_lines(self, text, width):  # a flag named in a help text is never cut at its hyphens
+            import textwrap
+
+            return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    command = COMMAND_OF.get(config_class, "COMMAND")
+    parser.formatter_class = Formatter
+    parser.prog = f"hafrm {command}"
+    parser.usage = f"hafrm {command} [--config FILE|NAME] [options]"
+    parser.allow_abbrev = False
+    negatives = {}
+    for action in parser._actions:
+        dashed = [option for option in action.option_strings if "_" not in option]
+        if dashed:
+            action.option_strings = dashed  # `_option_string_actions` keeps the underscore forms for parsing
+        if isinstance(action, argparse._StoreFalseAction):
+            negatives[action.dest] = dashed[0]
+            action.help = argparse.SUPPRESS
+    for action in parser._actions:
+        if action.nargs == "?" and action.const is True:
+            action.metavar = "BOOL"
+            if action.dest in negatives and action.help:
+                action.help = f"{action.help} ({negatives[action.dest]} turns it off)"
+
+
+def _unknown_flags_error(parser, remaining: list[str]) -> ConfigError:
+    """One line for flags no field has, with the closest real flag where a typo is likely."""
+    known = sorted(
+        {option for option in parser._option_string_actions if option.startswith("--") and "_" not in option}
+    )
+    flags = [arg for arg in remaining if arg.startswith("-")]
+    if not flags:
+        return ConfigError(f"{parser.prog}: unexpected value(s) {' '.join(remaining)} (every value follows its flag)")
+    parts = []
+    for flag in flags:
+        close = difflib.get_close_matches(flag.split("=")[0], known, n=1)
+        parts.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+    return ConfigError(
+        f"unknown flag{'s' if len(flags) > 1 else ''} {', '.join(parts)}; {parser.prog} --help lists them"
+    )
+
+
 def parse_config(config_class, argv: list[str]):
     """Dataclass from an optional YAML `--config FILE` with flags overriding it; unknown keys are errors."""
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(config_class)
-    parser.add_argument("--config", default=None, help="YAML file whose keys are this command's fields")
+    parser.add_argument(
+        "--config", default=None, help="a YAML file whose keys are this command's fields, or a shipped one by name"
+    )
+    _tidy_help(parser, config_class)
     known = {f.name for f in dataclasses.fields(config_class)}
     given = _peek_config(argv)
     if given:
@@ -446,7 +498,11 @@ def parse_config(config_class, argv: list[str]):
         except ConfigError as error:
             raise ConfigError(f"{path}: {error}") from None
         parser.set_defaults(**values)
-    return parser.parse_args_into_dataclasses(args=argv)[0]
+    parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    cfg, remaining = parsed[0], parsed[-1]  # between them: a namespace holding --config
+    if remaining:
+        raise _unknown_flags_error(parser, remaining)
+    return cfg
 
 
 def read_yaml(path: str | Path):
@@ -479,3 +535,16 @@ def _peek_config(argv: list[str]) -> str | None:
         if arg.startswith("--config="):
             return arg.split("=", 1)[1]
     return None
+
+
+# Each settings class's command, for its usage line.
+COMMAND_OF = {
+    TrainConfig: "train",
+    EvalConfig: "eval",
+    ScoreConfig: "score",
+    ExportConfig: "export",
+    BonConfig: "bon",
+    RlhfConfig: "rlhf",
+    ServeConfig: "serve",
+    StatsConfig: "data stats",
+}
