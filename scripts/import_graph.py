@@ -27,7 +27,7 @@ LAYERS = [
     # devices, the run directory and its record, the numerical guard, pure losses and figures, attention masks
     (
         "base",
-        "__init__ fields config default_model devices writes rundir runrecord guard losses metrics selection plots masks".split(),
+        "__init__ fields config default_model devices writes rundir runrecord guard losses metrics selection plots masks known_warnings".split(),
     ),
     # reading, normalising, tokenising and collating pairs: imports nothing of hafrm outside data/
     ("data", ["data", "data.*"]),

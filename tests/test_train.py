@@ -605,3 +605,21 @@ def test_engines_ignored_names_deepspeed_too(monkeypatch):
     assert engines_ignored() == ["DeepSpeed"]
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "True")
     assert engines_ignored() == ["FSDP", "DeepSpeed"]
+
+
+def test_a_run_prints_none_of_the_messages_a_user_cannot_act_on(tiny_model, pairs_file, tmp_path, capfd):
+    """peft's deprecated-property and save_embedding_layers warnings, Trainer's tied lm_head 'missing key'."""
+    import warnings
+
+    from hafrm.known_warnings import TIED_HEAD_NOTICE
+
+    common = ["--model", tiny_model, "--data", str(pairs_file), "--max-length", "64", "--batch-size", "4",
+              "--max-steps", "2", "--eval-steps", "1"]  # fmt: skip
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["train", *common, "--finetune", "lora", "--output-dir", str(tmp_path / "lora")]) == 0
+        assert main(["train", *common, "--output-dir", str(tmp_path / "full")]) == 0
+    texts = [str(warning.message) for warning in seen]
+    assert not [text for text in texts if "is_gradient_checkpointing" in text or "save_embedding_layers" in text]
+    err = capfd.readouterr().err
+    assert TIED_HEAD_NOTICE not in err

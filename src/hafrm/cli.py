@@ -18,6 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
+from . import known_warnings
 from .config import (
     BonConfig,
     EvalConfig,
@@ -235,6 +236,7 @@ def run(command: str, cfg) -> object:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    known_warnings.install()  # expected library messages a user cannot act on (each with its reason there)
     if argv and argv[0] == "experiment":
         return _experiment(argv[1:])
     if argv and argv[0] == "configs":

@@ -216,7 +216,7 @@ def trainer_arguments(cfg: RlhfConfig):
         use_cpu=on_cpu(),
         report_to=[] if cfg.report_to == "none" else cfg.report_to.split(","),
         disable_dropout=True,
-        gradient_checkpointing=False,  # TRL turns it on by default; a 135M policy fits without, and steps are faster
+        activation_checkpointing=False,  # TRL turns it on by default; a 135M policy fits without, and steps are faster
         log_completions=False,
         shuffle_dataset=True,
     )
