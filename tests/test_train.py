@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -623,3 +624,19 @@ def test_a_run_prints_none_of_the_messages_a_user_cannot_act_on(tiny_model, pair
     assert not [text for text in texts if "is_gradient_checkpointing" in text or "save_embedding_layers" in text]
     err = capfd.readouterr().err
     assert TIED_HEAD_NOTICE not in err
+
+
+def test_a_finished_command_says_how_long_where_and_what_next(tiny_model, pairs_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--model", tiny_model, "--data", str(pairs_file), "--max-length", "64", "--batch-size", "4",
+            "--max-steps", "2", "--eval-steps", "2", "--finetune", "lora", "--output-dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    closing = lines[lines.index(next(line for line in lines if line.startswith("hafrm train: done in "))) :]
+    assert re.fullmatch(rf"hafrm train: done in \d+ s; the model is in {out} \(its card: {out}/README.md\)", closing[0])
+    assert closing[1] == "next:" and closing[2].startswith(f"  hafrm eval --model {out} --data builtin:test")
+    assert closing[-1].startswith(f"  hafrm export --model {out} --output-dir {out}-merged")
+    assert main(["eval", "--model", str(out), "--data", str(pairs_file), "--json", str(tmp_path / "e.json")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("hafrm eval: done in ")
+    assert main([*argv, "--resume"]) == 0  # a finished run: it says so, and nothing else
+    assert "hafrm train: done" not in capsys.readouterr().out

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import logging
 import sys
+import time
 from pathlib import Path
 
 from . import known_warnings
@@ -197,7 +198,10 @@ def _experiment(argv: list[str]) -> int:
     try:
         runs = args.runs.split(",") if args.runs else None
         seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else None
+        started = time.monotonic()
         run_experiment(args.config, dry_run=args.dry_run, runs=runs, seeds=seeds, settings=args.set)
+        if not args.dry_run:
+            print(f"hafrm experiment: done in {took(time.monotonic() - started)}")
     except USER_ERRORS as error:
         print(f"hafrm experiment: error: {error_line(error)}", file=sys.stderr)
         return 1
@@ -224,6 +228,43 @@ def _configs(argv: list[str]) -> int:
     for name, path in shipped_configs().items():
         print(f"{name:<32} {path}")
     return 0
+
+
+def took(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
+def closing_lines(command: str, cfg, result, seconds: float) -> list[str]:
+    """What a finished command says last: how long it took, where its output is, what to run next."""
+    if command == "train":
+        if isinstance(result, dict) and result.get("finished"):
+            return []  # a finished run resumed: it said so, nothing ran
+        out = cfg.output_dir
+        lines = [f"hafrm train: done in {took(seconds)}; the model is in {out} (its card: {out}/README.md)", "next:"]
+        if cfg.method == "dpo":
+            lines.append(f"  hafrm eval --model {out} --data builtin:test      # accuracy of its implicit reward")
+        else:
+            lines.append(f"  hafrm eval --model {out} --data builtin:test      # test accuracy with an interval")
+        lines.append(f'  hafrm score --model {out} --prompt "..." --response "..." --response "..."')
+        lines.append(f"  hafrm serve --model {out}                          # a reward server for RLHF")
+        if cfg.finetune == "lora":
+            lines.append(f"  hafrm export --model {out} --output-dir {out}-merged   # one directory for TRL / OpenRLHF")
+        return lines
+    if command == "eval":
+        where = f"; figures in {cfg.json}" if cfg.json else ""
+        return [f"hafrm eval: done in {took(seconds)}{where}; the run's card ({cfg.model}/README.md) lists them"]
+    if command == "bon":
+        return [f"hafrm bon: done in {took(seconds)}; report in {cfg.output_dir}/report.md and report.json"]
+    if command == "rlhf":
+        if cfg.compare:
+            return [f"hafrm rlhf --compare: done in {took(seconds)}; results in {cfg.output_dir}"]
+        return [
+            f"hafrm rlhf: done in {took(seconds)}; the policy is in {cfg.output_dir}, its oracle curve beside it",
+            f"next: hafrm rlhf --compare {cfg.output_dir} OTHER_POLICY_DIR --output-dir runs/compare",
+        ]
+    return []
 
 
 def run(command: str, cfg) -> object:
@@ -262,7 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             if not cfg.data:
                 raise ValueError("name the data to describe: hafrm data stats NAME...")
         validate(cfg)  # a bad value or a missing model stops here, before any model, data or reference pass
-        run(command, cfg)
+        started = time.monotonic()
+        result = run(command, cfg)
+        for line in closing_lines(command, cfg, result, time.monotonic() - started):
+            print(line)
     except USER_ERRORS as error:
         print(f"hafrm {command}: error: {error_line(error)}", file=sys.stderr)
         return 1

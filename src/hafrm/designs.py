@@ -183,6 +183,7 @@ def run_bon_experiment(spec, config_path: Path) -> dict:
     plots.bon_curve_plot(curves, output / "bon-curve.png", f"{spec.name}: oracle score of the pick",
                          band="bands: ± std over seeds")  # fmt: skip
     print((output / "results.md").read_text())
+    print(f"results: {output / 'results.md'} (every figure: results.json; the samples and scores: {cfg.output_dir})")
     return summary
 
 
@@ -263,4 +264,5 @@ def run_rlhf_experiment(spec, config_path: Path) -> dict:
     plots.curve_plot(wins, output / "win-rate.png", f"{spec.name}: oracle win rate over steps", "training step",
                      "win rate (ties count half)", reference=0.5, reference_label="even (0.5)")  # fmt: skip
     print((output / "results.md").read_text())
+    print(f"results: {output / 'results.md'} (plots: oracle-curve.png, win-rate.png; policies: {output / 'policies'})")
     return summary

@@ -466,6 +466,7 @@ def write_results(spec: ExperimentSpec, results: dict, config_path: Path) -> dic
     (output / "results.md").write_text(markdown)
     write_plots(spec, table, results)
     print((output / "results.md").read_text())
+    print(f"results: {output / 'results.md'} (every figure: results.json; plots: *.png beside them)")
     return table
 
 
