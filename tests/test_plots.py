@@ -212,3 +212,66 @@ def test_rest_of_hafrm_does_not_import_matplotlib():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+# ---- nothing clipped, bands in range, whole-number steps --------------------------------------------------------
+
+LONG = "study on " + ", ".join(f"../data/part-{i}/train.jsonl.gz:train" for i in range(6)) + ": accuracy"
+
+
+@pytest.fixture
+def kept_figures(monkeypatch) -> list:
+    """The figures the plots save during the test, kept open (they are closed after it)."""
+    import matplotlib.pyplot as plt
+
+    kept, close = [], plt.close
+    monkeypatch.setattr(plots.plt, "close", lambda fig: kept.append(fig))
+    yield kept
+    for fig in kept:
+        close(fig)
+
+
+def titles_inside(fig) -> bool:
+    fig.canvas.draw()
+    renderer, box = fig.canvas.get_renderer(), fig.bbox
+    texts = [fig._suptitle] if fig._suptitle is not None else []
+    texts += [ax.title for ax in fig.axes]
+    for text in texts:
+        if text.get_text():
+            extent = text.get_window_extent(renderer)
+            if extent.x0 < box.x0 - 1 or extent.x1 > box.x1 + 1 or extent.y1 > box.y1 + 1:
+                return False
+    return True
+
+
+def band_edges(fig) -> list[float]:
+    from matplotlib.collections import PolyCollection
+
+    return [y for ax in fig.axes for c in ax.collections if isinstance(c, PolyCollection)
+            for path in c.get_paths() for _, y in path.vertices]  # fmt: skip
+
+
+def test_every_curve_keeps_its_title_inside_and_its_bands_in_range(tmp_path, kept_figures):
+    wide = [(1, 0.9, (0.7, 1.2)), (2, 0.2, (-0.1, 0.5)), (3, 0.95, (0.8, 1.1))]  # normal intervals past [0, 1]
+    plots.curve_plot({"haf": wide}, tmp_path / "a.png", LONG, "training step", "win rate", limits=(0.0, 1.0))
+    plots.bon_curve_plot({"rm": [(1, 0.3, (-0.2, 0.8)), (8, 0.9, (0.6, 1.3))]}, tmp_path / "b.png", LONG)
+    plots.alpha_curve_plot({"test": [(0.0, 0.9, (0.7, 1.3)), (0.2, 0.5, (-0.1, 1.1))]}, tmp_path / "c.png", LONG)
+    plots.accuracy_bars({"rm": {"set": (0.7, 0.05)}}, tmp_path / "d.png", title=LONG)
+    plots.paired_differences_plot({"haf": {"set": (0.01, (-0.02, 0.04))}}, tmp_path / "e.png", title=LONG)
+    assert len(kept_figures) == 5
+    for fig in kept_figures:
+        assert titles_inside(fig), fig._suptitle.get_text() if fig._suptitle else fig.axes[0].get_title()
+    for fig in kept_figures[:3]:
+        edges = band_edges(fig)
+        assert edges and min(edges) >= 0.0 and max(edges) <= 1.0
+    steps = kept_figures[0].axes[0].get_xticks()
+    assert all(float(tick).is_integer() for tick in steps)  # training steps: no tick at 1.25
+
+
+def test_the_random_selector_is_exact_and_shown_without_an_interval():
+    from hafrm.bon import _interval
+    from hafrm.selection import random_recall
+
+    chance = random_recall([[1.0, 0.0], [1.0, 1.0]], 1)  # one best of two, then all tied
+    assert chance["recall"] == 0.75 and chance["ci95"] is None
+    assert _interval(chance) == "0.750 (exact)"

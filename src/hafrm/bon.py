@@ -282,6 +282,8 @@ def bon_report(judge_name: str, judge: list[list[float]], selectors: dict[str, l
 
 
 def _interval(figures: dict, key: str = "recall", ci: str = "ci95") -> str:
+    if figures[ci] is None:  # exact (the random selector's expected recall)
+        return f"{figures[key]:.3f} (exact)"
     low, high = figures[ci]
     return f"{figures[key]:.3f} [{low:.3f}, {high:.3f}]"
 

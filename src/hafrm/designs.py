@@ -259,10 +259,11 @@ def run_rlhf_experiment(spec, config_path: Path) -> dict:
     series = {label: [(p["step"], p["oracle"]["mean"], p["oracle"]["ci95"]) for p in curve if "oracle" in p]
               for label, curve in curves.items()}  # fmt: skip
     plots.curve_plot(series, output / "oracle-curve.png", f"{spec.name}: held-out oracle score of the policy",
-                     "training step", "mean oracle score (greedy answers)")  # fmt: skip
+                     "training step", "mean oracle score (greedy answers)", limits=(0.0, 1.0))  # fmt: skip
     wins = {name: [(p["step"], p["win_rate"], p["ci95"]) for p in points] for name, points in matches.items()}
     plots.curve_plot(wins, output / "win-rate.png", f"{spec.name}: oracle win rate over steps", "training step",
-                     "win rate (ties count half)", reference=0.5, reference_label="even (0.5)")  # fmt: skip
+                     "win rate (ties count half)", reference=0.5, reference_label="even (0.5)",
+                     limits=(0.0, 1.0))  # fmt: skip
     print((output / "results.md").read_text())
     print(f"results: {output / 'results.md'} (plots: oracle-curve.png, win-rate.png; policies: {output / 'policies'})")
     return summary

@@ -111,11 +111,45 @@ def _subtitle(*parts: str) -> str:
     return " · ".join(part for part in parts if part)
 
 
+def _fit_titles(fig) -> None:
+    """Wrap the figure's and the axes' titles to the width they have, so that none is cut at either end (a title
+    naming several data files is long)."""
+    import textwrap
+
+    width_points = fig.get_figwidth() * 72
+    texts = [fig._suptitle] if fig._suptitle is not None else []
+    for ax in fig.axes:
+        texts.append(ax.title)
+        width = width_points * ax.get_position().width
+        if ax.title.get_text():
+            chars = max(20, int(width / (ax.title.get_fontsize() * 0.55)))
+            ax.title.set_text(textwrap.fill(" ".join(ax.title.get_text().split()), chars))
+    if fig._suptitle is not None and fig._suptitle.get_text():
+        chars = max(20, int(width_points * 0.95 / (fig._suptitle.get_fontsize() * 0.55)))
+        fig._suptitle.set_text(textwrap.fill(" ".join(fig._suptitle.get_text().split()), chars))
+
+
+def _band(lows: Sequence[float], highs: Sequence[float], limits: tuple[float, float] | None):
+    """A shaded band's edges, held inside the metric's range (an accuracy's normal interval can pass 1)."""
+    if limits is None:
+        return list(lows), list(highs)
+    return [min(max(v, limits[0]), limits[1]) for v in lows], [min(max(v, limits[0]), limits[1]) for v in highs]
+
+
+def _integer_ticks_if_counts(ax, xs: Sequence[float]) -> None:
+    """Steps and counts are whole numbers: no tick at 0.25 between them."""
+    from matplotlib.ticker import MaxNLocator
+
+    if xs and all(float(x).is_integer() for x in xs):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _save(fig, path: str | Path) -> Path:
     """Lay out, write the PNG at DPI, close the figure (always), return the path."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _fit_titles(fig)
         fig.tight_layout()
         fig.savefig(path, dpi=DPI)
     finally:
@@ -334,9 +368,8 @@ def alpha_curve_plot(
         alphas = [a for a, _, _ in points]
         accuracy = [m for _, m, _ in points]
         ax.plot(alphas, accuracy, "o-", color=colours[label], label=label)
-        ax.fill_between(
-            alphas, [c[0] for _, _, c in points], [c[1] for _, _, c in points], color=colours[label], alpha=0.15
-        )
+        low, high = _band([c[0] for _, _, c in points], [c[1] for _, _, c in points], (0.0, 1.0))
+        ax.fill_between(alphas, low, high, color=colours[label], alpha=0.15)
     chance = ax.axhline(0.5, color="black", linestyle="--", linewidth=1, label="chance (0.5)")
     ax.set_xscale("symlog", linthresh=0.05)
     ax.set(xlabel="α, weight of the policy loss (α = 0: plain reward model)", ylabel="Pairwise accuracy", title=title)
@@ -426,8 +459,10 @@ def curve_plot(
     reference: float | None = None,
     reference_label: str = "",
     band: str = "bands: 95% interval",
+    limits: tuple[float, float] | None = None,
 ) -> Path:
-    """One line per label through (x, mean) points, with a shaded 95% band from each point's (low, high)."""
+    """One line per label through (x, mean) points, with a shaded 95% band from each point's (low, high), held
+    inside `limits` (the metric's range: (0, 1) for accuracies, win rates, the oracle's scores)."""
     labels = list(curves)
     colours = _colours(labels)
     fig, ax = plt.subplots(figsize=FIGURE_INCHES["curve"])
@@ -440,7 +475,8 @@ def curve_plot(
         xs, means = [p[0] for p in points], [p[1] for p in points]
         dashed = label.startswith(("random", "judge"))
         ax.plot(xs, means, marker="o", linestyle="--" if dashed else "-", color=colours[label], label=label)
-        ax.fill_between(xs, [p[2][0] for p in points], [p[2][1] for p in points], color=colours[label], alpha=0.12)
+        low, high = _band([p[2][0] for p in points], [p[2][1] for p in points], limits)
+        ax.fill_between(xs, low, high, color=colours[label], alpha=0.12)
     handle = None
     if reference is not None:
         handle = ax.axhline(reference, color="black", linestyle=":", linewidth=1, label=reference_label)
@@ -448,6 +484,8 @@ def curve_plot(
         ax.set_xscale("log", base=2)
         sizes = sorted({x for series in curves.values() for x, _, _ in series})
         ax.set_xticks(sizes, [f"{int(x)}" for x in sizes])
+    else:
+        _integer_ticks_if_counts(ax, [x for series in curves.values() for x, _, _ in series])
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.set_title(_subtitle("lines: mean", band, _dropped_note(dropped, "point")), fontsize=9)
     if handle is not None:
@@ -461,5 +499,7 @@ def curve_plot(
 
 def bon_curve_plot(curves: dict[str, list[tuple[float, float, Sequence[float]]]], path: str | Path, title: str,
                    band: str = "bands: 95% interval") -> Path:  # fmt: skip
-    """The best-of-N curve: the judge's mean score of each selector's pick against N (log2 axis)."""
-    return curve_plot(curves, path, title, "N (samples per prompt)", "Judge score of the pick", log2_x=True, band=band)
+    """The best-of-N curve: the judge's mean score of each selector's pick against N (log2 axis); the built-in
+    oracle's scores are fractions of constraints met, so the bands stay in [0, 1]."""
+    return curve_plot(curves, path, title, "N (samples per prompt)", "Judge score of the pick", log2_x=True, band=band,
+                      limits=(0.0, 1.0))  # fmt: skip

@@ -319,7 +319,8 @@ def write_curve_plot(directory: Path, curve: list[dict], title: str) -> None:
         if any(key in p for p in curve)
     }
     if series:
-        plots.curve_plot(series, directory / "curve.png", title, "training step", "mean score of greedy answers")
+        plots.curve_plot(series, directory / "curve.png", title, "training step", "mean score of greedy answers",
+                         limits=(0.0, 1.0) if all(key.startswith("oracle") for key in series) else None)  # fmt: skip
 
 
 def compare(directories: list[str], output_dir: str | None = None) -> list[dict]:
@@ -355,5 +356,6 @@ def compare(directories: list[str], output_dir: str | None = None) -> list[dict]
         (out / "compare.json").write_text(json.dumps({"a": str(a), "b": str(b), "points": points}, indent=2) + "\n")
         series = {f"{a.name} over {b.name}": [(p["step"], p["win_rate"], p["ci95"]) for p in points]}
         plots.curve_plot(series, out / "win-rate.png", f"Oracle win rate of {a.name} over {b.name}",
-                         "training step", "win rate (ties count half)", reference=0.5, reference_label="even (0.5)")  # fmt: skip
+                         "training step", "win rate (ties count half)", reference=0.5, reference_label="even (0.5)",
+                         limits=(0.0, 1.0))  # fmt: skip
     return points

@@ -94,10 +94,9 @@ def random_recall(judge: Grid, k: int) -> dict:
         chances.append(chance)
         if b < n:
             untied.append(chance)
-    figures = mean_interval(chances)
-    return {
-        "recall": figures["mean"],
-        "ci95": figures["ci95"],
+    return {  # an expectation computed exactly from the judge's grid, not an estimate: it has no interval
+        "recall": sum(chances) / len(chances),
+        "ci95": None,
         "prompts": len(judge),
         "recall_untied": sum(untied) / len(untied) if untied else math.nan,
     }

@@ -277,5 +277,5 @@ def write_study_plots(spec, figures: dict, output) -> None:
             plots.curve_plot(
                 curves, output / f"learning-curve-{set_name}.png", f"{spec.name}: accuracy against training pairs "
                 f"on {set_name}", "training pairs", "Pairwise accuracy", log2_x=True, reference=0.5,
-                reference_label="chance (0.5)",
+                reference_label="chance (0.5)", limits=(0.0, 1.0),
             )  # fmt: skip
