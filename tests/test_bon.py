@@ -206,14 +206,14 @@ def test_sampling_resumes_exactly_after_a_crash_and_refuses_other_settings(tmp_p
 def test_bad_input_is_one_line_naming_the_file_row_flag_or_url(tmp_path, reward_runs, tiny_model, capsys):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "Say hi."}\n{"question": "no prompt here"}\n')
-    cases = [
-        (["--prompts", str(prompts)], f"{prompts}: line 2: field `prompt` must be non-empty text"),
-        (["--n", "0"], "--n must be at least 1"),
-        (["--reward", str(tmp_path / "nowhere")], f"reward model {tmp_path / 'nowhere'}: no such directory"),
-        (["--judge", "http://127.0.0.1:9/v1", "--judge-model", "x", "--limit", "1"], "judge http://127.0.0.1:9/v1/chat/completions does not answer"),
+    cases = [  # (flags, message, exit status: 2 a usage error found before anything runs, 1 one while running)
+        (["--prompts", str(prompts)], f"{prompts}: line 2: field `prompt` must be non-empty text", 1),
+        (["--n", "0"], "--n must be at least 1", 2),
+        (["--reward", str(tmp_path / "nowhere")], f"reward model {tmp_path / 'nowhere'}: no such directory", 2),
+        (["--judge", "http://127.0.0.1:9/v1", "--judge-model", "x", "--limit", "1"], "judge http://127.0.0.1:9/v1/chat/completions does not answer", 1),
     ]  # fmt: skip
-    for extra, message in cases:
-        assert main(bon_argv(tiny_model, reward_runs, tmp_path / "out", *extra)) == 1
+    for extra, message, status in cases:
+        assert main(bon_argv(tiny_model, reward_runs, tmp_path / "out", *extra)) == status, message
         error = capsys.readouterr().err
         assert message in error and "Traceback" not in error
     plain = tmp_path / "plain-policy"

@@ -40,9 +40,9 @@ def no_heavy_work(monkeypatch):
     monkeypatch.setattr(hafrm.cli, "run", lambda command, cfg: pytest.fail(f"hafrm {command} ran"))
 
 
-def cli_error(capsys, argv: list[str]) -> str:
-    """The stderr of a command that must fail with status 1 and no traceback."""
-    assert main(argv) == 1
+def cli_error(capsys, argv: list[str], status: int = 2) -> str:
+    """The stderr of a command that must fail with `status` (2: a usage error, 1: one while running), no traceback."""
+    assert main(argv) == status
     error = capsys.readouterr().err
     assert "Traceback" not in error and error.count("\n") == 1
     return error.rstrip("\n")
@@ -451,7 +451,7 @@ def test_shipped_configs_are_found_by_name_and_a_wrong_name_lists_them(tmp_path,
     )
     assert main(["configs", "zero2"]) == 0
     assert capsys.readouterr().out.strip() == str(shipped["accelerate/zero2"].resolve())
-    assert main(["configs", "zero9"]) == 1
+    assert main(["configs", "zero9"]) == 2
     assert capsys.readouterr().err.startswith("hafrm configs: error: zero9: no such file, and no config of that name")
     (tmp_path / "quickstart").unlink()
     assert parse_config(TrainConfig, ["--config", "quickstart"]).trainable_layers == 4  # read from the package
@@ -484,7 +484,7 @@ def test_help_reads_as_a_user_types_flags(capsys):
     assert "--no-packing" not in text.split("--packing [BOOL]")[0]  # one entry per on/off pair ...
     packing = " ".join(text.split("--packing [BOOL]")[1].split("--prompt-sharing")[0].split())
     assert "(--no-packing turns it off)" in packing  # ... which says how to turn it off
-    assert main(["train", "--no_packing", "--packing", "false", "--max-steps", "0"]) == 1  # both forms still parse
+    assert main(["train", "--no_packing", "--packing", "false", "--max-steps", "0"]) == 2  # both forms still parse
     assert "--max-steps must be at least 1" in capsys.readouterr().err
 
 
@@ -497,5 +497,5 @@ def test_help_reads_as_a_user_types_flags(capsys):
     ],
 )
 def test_a_mistyped_or_abbreviated_flag_is_named_with_the_closest_one(argv, message, capsys):
-    assert main(["train", *argv]) == 1
+    assert main(["train", *argv]) == 2  # a usage error
     assert capsys.readouterr().err.strip() == f"hafrm train: error: {message}"

@@ -183,8 +183,8 @@ def test_rlhf_design_reuses_reward_models_and_compares_policies(tmp_path, tiny_m
 
 
 def dry_run_error(path: Path, capsys) -> str:
-    """The one stderr line of a dry run that must fail."""
-    assert main(["experiment", str(path), "--dry-run"]) == 1
+    """The one stderr line of a dry run that must fail (a usage error: status 2)."""
+    assert main(["experiment", str(path), "--dry-run"]) == 2
     captured = capsys.readouterr()
     assert "seed" not in captured.out and "Traceback" not in captured.err  # refused before the plan is printed
     return captured.err.rstrip("\n")
@@ -359,7 +359,7 @@ def test_runs_and_seeds_select_a_part_tabulated_apart(tmp_path, tiny_model, pair
     part = json.loads((out / "part-runs-rm-seeds-1" / "results.json").read_text())
     assert list(part["table"]) == ["rm"] and len(part["table"]["rm"]["mine"]["per_seed"]) == 1
     assert f"`hafrm experiment {path} --runs rm --seeds 1`" in (out / "part-runs-rm-seeds-1" / "results.md").read_text()
-    assert main(["experiment", str(path), "--seeds", "0,5"]) == 1
+    assert main(["experiment", str(path), "--seeds", "0,5"]) == 2
     assert "has no run or seed [5]" in capsys.readouterr().err
 
 

@@ -121,5 +121,5 @@ def test_an_mlp_head_run_reads_alike_in_every_hafrm_reader(finetune, runs, tmp_p
 def test_a_dpo_run_refuses_a_head_type(tiny_model, pairs_file, tmp_path, capsys):
     argv = ["train", "--model", tiny_model, "--data", str(pairs_file), "--output-dir", str(tmp_path / "x"),
             "--method", "dpo", "--reward-head-type", "mlp"]  # fmt: skip
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert "--reward-head-type mlp: a dpo run has no reward head" in capsys.readouterr().err

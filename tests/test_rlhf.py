@@ -99,14 +99,14 @@ def test_compare_gives_the_oracle_win_rate_per_shared_step(tmp_path):
 
 def test_bad_settings_are_one_line_errors(tiny_model, reward_runs, tmp_path, capsys):
     base = ["rlhf", "--policy", tiny_model, "--output-dir", str(tmp_path / "out")]
-    cases = [
-        ([], "--reward DIR is required"),
-        (["--reward", str(tmp_path / "nowhere")], f"reward model {tmp_path / 'nowhere'}: no such directory"),
-        (["--reward", str(reward_runs["rm"]), "--num-generations", "1"], "--num-generations must be at least 2"),
-        (["--compare", str(tmp_path)], "--compare takes two rlhf output directories"),
+    cases = [  # (flags, message, exit status: 2 a usage error found before anything runs, 1 one while running)
+        ([], "--reward DIR is required", 2),
+        (["--reward", str(tmp_path / "nowhere")], f"reward model {tmp_path / 'nowhere'}: no such directory", 2),
+        (["--reward", str(reward_runs["rm"]), "--num-generations", "1"], "--num-generations must be at least 2", 2),
+        (["--compare", str(tmp_path)], "--compare takes two rlhf output directories", 2),
     ]
-    for extra, message in cases:
-        assert main(base + extra) == 1
+    for extra, message, status in cases:
+        assert main(base + extra) == status, message
         error = capsys.readouterr().err
         assert message in error and "Traceback" not in error
     assert read_curve(tmp_path / "out") == []

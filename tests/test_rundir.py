@@ -269,7 +269,7 @@ def test_trainable_layers_beyond_the_model_are_refused_before_anything_loads(
 ):
     output_dir = tmp_path / "run"
     argv = train_argv(tiny_model, pairs_file, output_dir, "--finetune", "freeze", "--trainable-layers", "4")
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert capsys.readouterr().err.strip() == (
         f"hafrm train: error: --trainable-layers must be in 1..2 for {tiny_model} (2 blocks), got 4"
     )
@@ -359,5 +359,5 @@ def test_an_output_directory_that_cannot_be_one_is_a_one_line_error(tiny_model, 
         monkeypatch.setattr(
             os, "access", lambda path, mode: False if Path(path) == read_only else real_access(path, mode)
         )
-    assert main(["train", "--model", tiny_model, "--output-dir", str(output_dir), "--max-steps", "1"]) == 1
+    assert main(["train", "--model", tiny_model, "--output-dir", str(output_dir), "--max-steps", "1"]) == 2
     assert capsys.readouterr().err == f"hafrm train: error: --output-dir {output_dir} {problem}\n"

@@ -32,6 +32,7 @@ from .config import (
     parse_config,
 )
 from .data import DataError
+from .fields import ConfigError
 from .guard import TrainingStopped
 from .validation import validate
 from .writes import FULL_ERRNOS, DiskFullError, disk_full_message
@@ -39,6 +40,13 @@ from .writes import FULL_ERRNOS, DiskFullError, disk_full_message
 # Errors the user can act on: printed as one line, exit status 1. OSError: a file, a directory, a disk, a
 # connection (a full disk, a checkpoint that could not be written, a link hafrm refuses to write through, ...).
 USER_ERRORS = (DataError, ValueError, OSError, TrainingStopped)
+# Exit status: 2 for a usage error (a flag, a value or a config file that cannot work: ConfigError, found before
+# anything runs), 1 for an error while running (bad data rows, a full disk, a run directory in use).
+USAGE_ERROR, RUNTIME_ERROR = 2, 1
+
+
+def exit_status(error: BaseException) -> int:
+    return USAGE_ERROR if isinstance(error, ConfigError) else RUNTIME_ERROR
 
 
 def error_line(error: BaseException) -> str:
@@ -166,7 +174,7 @@ def _bare_resume(argv: list[str]) -> list[str]:
 def _data_stats_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
     """`stats NAME... --flags` -> (flags, names)."""
     if not argv or argv[0] != "stats":
-        raise ValueError("the data command has one subcommand: hafrm data stats NAME...")
+        raise ConfigError("the data command has one subcommand: hafrm data stats NAME...")
     names = []
     rest = argv[1:]
     while rest and not rest[0].startswith("--"):
@@ -204,7 +212,7 @@ def _experiment(argv: list[str]) -> int:
             print(f"hafrm experiment: done in {took(time.monotonic() - started)}")
     except USER_ERRORS as error:
         print(f"hafrm experiment: error: {error_line(error)}", file=sys.stderr)
-        return 1
+        return exit_status(error)
     return 0
 
 
@@ -223,7 +231,7 @@ def _configs(argv: list[str]) -> int:
             print(config_path(argv[0], "accelerate" if "/" not in argv[0] else "").resolve())
         except USER_ERRORS as error:
             print(f"hafrm configs: error: {error_line(error)}", file=sys.stderr)
-            return 1
+            return exit_status(error)
         return 0
     for name, path in shipped_configs().items():
         print(f"{name:<32} {path}")
@@ -301,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "data":
             cfg.data = names + cfg.data
             if not cfg.data:
-                raise ValueError("name the data to describe: hafrm data stats NAME...")
+                raise ConfigError("name the data to describe: hafrm data stats NAME...")
         validate(cfg)  # a bad value or a missing model stops here, before any model, data or reference pass
         started = time.monotonic()
         result = run(command, cfg)
@@ -309,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
     except USER_ERRORS as error:
         print(f"hafrm {command}: error: {error_line(error)}", file=sys.stderr)
-        return 1
+        return exit_status(error)
     return 0
 
 

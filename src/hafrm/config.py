@@ -486,11 +486,11 @@ def parse_config(config_class, argv: list[str]):
         path = config_path(given)  # a file, or a shipped config's name
         values = read_yaml(path) or {}
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of field names to values")
+            raise ConfigError(f"{path}: expected a mapping of field names to values")
         values = {key.replace("-", "_"): value for key, value in values.items()}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{path}: unknown field(s) {unknown}; valid fields: {sorted(known)}")
+            raise ConfigError(f"{path}: unknown field(s) {unknown}; valid fields: {sorted(known)}")
         # argparse applies neither `type` nor `choices` checks to defaults it is not given as text (and a text
         # default outside a Literal's choices is a KeyError), so the YAML values are converted and checked here.
         try:

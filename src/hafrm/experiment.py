@@ -45,6 +45,7 @@ from .experiment_runs import (
     train_once,
 )
 from .fields import ConfigError, coerce
+from .preflight import TRAINED_BY_THE_RUNS
 from .runrecord import has_run_record
 from .validation import check_fields, validate
 
@@ -85,29 +86,29 @@ def load_spec(path: str | Path, overrides: dict | None = None, settings: list[st
     path = config_path(str(path), "experiments")
     values = read_yaml(path) or {}
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of experiment keys, got {values!r}")
+        raise ConfigError(f"{path}: expected a mapping of experiment keys, got {values!r}")
     values = apply_settings(values, settings or [], path)
     fields = dataclasses.fields(ExperimentSpec)
     known = {f.name for f in fields}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
     required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     missing = [name for name in required if name not in values]
     if missing:
-        raise ValueError(f"{path}: missing key(s) {missing}")
+        raise ConfigError(f"{path}: missing key(s) {missing}")
     spec = ExperimentSpec(**values)
     _check_shape(spec, path)
     spec.base = {**spec.base, **(overrides or {})}
     if spec.design not in DESIGNS:
-        raise ValueError(f"{path}: design must be one of {DESIGNS}, got {spec.design!r}")
+        raise ConfigError(f"{path}: design must be one of {DESIGNS}, got {spec.design!r}")
     if not spec.evaluate and spec.design not in DOWNSTREAM:
-        raise ValueError(f"{path}: `evaluate` must name at least one evaluation set")
+        raise ConfigError(f"{path}: `evaluate` must name at least one evaluation set")
     _check_run_names(spec, path)
     if spec.alpha_curve and not spec.baseline:
-        raise ValueError(f"{path}: `alpha_curve` needs a `baseline` run (its figures come from the per-pair scores)")
+        raise ConfigError(f"{path}: `alpha_curve` needs a `baseline` run (its figures come from the per-pair scores)")
     if spec.learning_curve and not spec.baseline:
-        raise ValueError(f"{path}: `learning_curve` needs a `baseline` (its figures come from the per-pair scores)")
+        raise ConfigError(f"{path}: `learning_curve` needs a `baseline` (its figures come from the per-pair scores)")
     check_spec(spec)
     return spec
 
@@ -124,45 +125,47 @@ def _check_run_names(spec: ExperimentSpec, path: str | Path) -> None:
     for key, names in named.items():
         unknown_runs = sorted({name for name in names if name not in spec.runs})
         if unknown_runs:
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: `{key}` names run(s) {unknown_runs} that `runs` does not have: {list(spec.runs)}"
             )
     if spec.design in DOWNSTREAM and (spec.set_runs or spec.learning_curve):
-        raise ValueError(f"{path}: `set_runs` and `learning_curve` are for pairwise designs, not {spec.design}")
+        raise ConfigError(f"{path}: `set_runs` and `learning_curve` are for pairwise designs, not {spec.design}")
     if spec.design == "rlhf" and spec.run_seeds:
-        raise ValueError(f"{path}: `run_seeds` is for the pairwise designs and bon, not rlhf")
+        raise ConfigError(f"{path}: `run_seeds` is for the pairwise designs and bon, not rlhf")
     for run, seeds in spec.run_seeds.items():
         if not seeds or any(seed not in spec.seeds for seed in seeds):
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: `run_seeds` gives {run!r} seeds {seeds}; each must be one of `seeds` {spec.seeds}"
             )
     unknown_sets = sorted(set(spec.set_runs) - set(spec.evaluate))
     if unknown_sets:
-        raise ValueError(f"{path}: `set_runs` names set(s) {unknown_sets} that `evaluate` does not have")
+        raise ConfigError(f"{path}: `set_runs` names set(s) {unknown_sets} that `evaluate` does not have")
     for run, base in baselines(spec).items():
         if not set(seeds_of(spec, run)) & set(seeds_of(spec, base)):
-            raise ValueError(f"{path}: run {run!r} and its baseline {base!r} share no seed: nothing to pair")
+            raise ConfigError(f"{path}: run {run!r} and its baseline {base!r} share no seed: nothing to pair")
 
 
 def _check_shape(spec: ExperimentSpec, path: str | Path) -> None:
     """Mappings where the YAML needs mappings and a list of integer seeds (else a TypeError far from the cause)."""
     for key in ("base", "runs", "evaluate", "eval_options", "bon", "rlhf", "run_seeds", "set_runs", "learning_curve"):
         if not isinstance(getattr(spec, key), dict):
-            raise ValueError(f"{path}: `{key}` must be a mapping, got {getattr(spec, key)!r}")
+            raise ConfigError(f"{path}: `{key}` must be a mapping, got {getattr(spec, key)!r}")
     if not isinstance(spec.baseline, str | dict):
-        raise ValueError(f"{path}: `baseline` must be a run or a mapping of run -> baseline run, got {spec.baseline!r}")
+        raise ConfigError(
+            f"{path}: `baseline` must be a run or a mapping of run -> baseline run, got {spec.baseline!r}"
+        )
     for key in ("set_runs", "learning_curve"):
         for name, runs in getattr(spec, key).items():
             if not isinstance(runs, list) or not runs:
-                raise ValueError(f"{path}: `{key}` gives {name!r} {runs!r}; expected a non-empty list of runs")
+                raise ConfigError(f"{path}: `{key}` gives {name!r} {runs!r}; expected a non-empty list of runs")
     if not spec.runs:
-        raise ValueError(f"{path}: `runs` names no run")
+        raise ConfigError(f"{path}: `runs` names no run")
     for run_name, run_overrides in spec.runs.items():
         if not isinstance(run_overrides, dict):
-            raise ValueError(f"{path}: run {run_name!r} must be a mapping of training fields, got {run_overrides!r}")
+            raise ConfigError(f"{path}: run {run_name!r} must be a mapping of training fields, got {run_overrides!r}")
     seeds = spec.seeds if isinstance(spec.seeds, list) else [None]
     if not seeds or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds):
-        raise ValueError(f"{path}: `seeds` must be a non-empty list of integers, got {spec.seeds!r}")
+        raise ConfigError(f"{path}: `seeds` must be a non-empty list of integers, got {spec.seeds!r}")
 
 
 def check_spec(spec: ExperimentSpec) -> None:
@@ -191,7 +194,7 @@ def check_spec(spec: ExperimentSpec) -> None:
 
         with part_of(spec, "rlhf"):
             spec.rlhf = coerce(RlhfConfig, spec.rlhf)
-            validate(experiment_rlhf_config(spec, "(trained by the runs)", Path(spec.output_dir) / "policies"))
+            validate(experiment_rlhf_config(spec, TRAINED_BY_THE_RUNS, Path(spec.output_dir) / "policies"))
     with part_of(spec, "eval_options"):
         spec.eval_options = coerce(EvalConfig, spec.eval_options)
         known = {f.name for f in dataclasses.fields(EvalConfig)} - set(EVAL_SET_BY_RUN)
@@ -245,15 +248,15 @@ def select(spec: ExperimentSpec, runs: list[str] | None = None, seeds: list[int]
         seed for seed in seeds or [] if seed not in spec.seeds
     ]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"experiment {spec.name!r} has no run or seed {unknown}: runs {list(spec.runs)}, seeds {spec.seeds}"
         )
     kept = [run for run in spec.runs if not runs or run in runs]
     for run, needed in baselines(spec).items():
         if run in kept and needed not in kept:
-            raise ValueError(f"--runs must keep the baseline run {needed!r} (of {run!r})")
+            raise ConfigError(f"--runs must keep the baseline run {needed!r} (of {run!r})")
     if isinstance(spec.baseline, str) and spec.baseline and spec.baseline not in kept:
-        raise ValueError(f"--runs must keep the baseline run {spec.baseline!r}")
+        raise ConfigError(f"--runs must keep the baseline run {spec.baseline!r}")
     baseline = (
         {r: b for r, b in spec.baseline.items() if r in kept} if isinstance(spec.baseline, dict) else spec.baseline
     )

@@ -218,6 +218,16 @@ def check_trainable_layers(cfg: TrainConfig) -> None:
         )
 
 
+# What an experiment's rlhf block names as its reward while checking it: the runs it will train (none yet).
+TRAINED_BY_THE_RUNS = "(trained by the runs)"
+
+
+def check_reward_dir(flag: str, value: str) -> None:
+    """A reward model named by a flag is a directory here (a hafrm run or a 1-label classifier, read when it loads)."""
+    if value and value != TRAINED_BY_THE_RUNS and not Path(value).is_dir():
+        raise ConfigError(f"{flag}: reward model {value}: no such directory")
+
+
 def check_run_dir(flag: str, value: str) -> None:
     """A hafrm output directory (what `hafrm train --output-dir` wrote), read by eval, score and export."""
     path = Path(value)
@@ -339,8 +349,13 @@ def check_inputs(cfg) -> None:
     elif isinstance(cfg, BonConfig):
         check_prompts("--prompts", cfg.prompts)
         check_base_model("--policy", cfg.policy)
+        for item in (part.strip() for value in cfg.reward for part in value.split(",")):
+            check_reward_dir("--reward", item.split("=", 1)[-1])
         check_output_dir(cfg.output_dir)
     elif isinstance(cfg, RlhfConfig) and not cfg.compare:  # --compare reads two finished runs, nothing else
+        if not cfg.reward:
+            raise ConfigError("--reward DIR is required: the reward model the policy is trained against")
+        check_reward_dir("--reward", cfg.reward)
         check_prompts("--prompts", cfg.prompts)
         check_prompts("--eval-prompts", cfg.eval_prompts)
         check_trackers("--report-to", cfg.report_to)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .config import RlhfConfig
 from .devices import on_cpu
+from .fields import ConfigError
 from .scoring import RewardModel, reward_kind
 
 EVAL_DIR, CURVE = "eval", "curve.jsonl"
@@ -328,7 +329,7 @@ def compare(directories: list[str], output_dir: str | None = None) -> list[dict]
     from .selection import head_to_head
 
     if len(directories) != 2:
-        raise ValueError(f"--compare takes two rlhf output directories, got {len(directories)}")
+        raise ConfigError(f"--compare takes two rlhf output directories, got {len(directories)}")
     a, b = (Path(d) for d in directories)
     steps_a = {int(p.stem.split("-")[1]): p for p in (a / EVAL_DIR).glob("step-*.jsonl")}
     steps_b = {int(p.stem.split("-")[1]): p for p in (b / EVAL_DIR).glob("step-*.jsonl")}
