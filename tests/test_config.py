@@ -307,10 +307,12 @@ def test_trackers_must_be_usable_here(tiny_model, monkeypatch, capsys, no_heavy_
     error = cli_error(capsys, ["train", "--model", tiny_model, "--report-to", "tensorboard"])
     assert (
         error
-        == "hafrm train: error: --report-to tensorboard: transformers finds no usable tensorboard here: pip install tensorboard"
+        == "hafrm train: error: --report-to tensorboard: transformers finds no usable tensorboard here: pip install tensorboard (or pip install 'hafrm[tracking]')"
     )
     monkeypatch.setattr(integration_utils, "is_wandb_available", lambda: False)
-    assert refused(RlhfConfig(policy=tiny_model, report_to="wandb")).endswith("pip install wandb")
+    assert refused(RlhfConfig(policy=tiny_model, report_to="wandb")).endswith(
+        "pip install wandb (or pip install 'hafrm[tracking]')"
+    )
     assert refused(TrainConfig(model=tiny_model, report_to="tensorbord")).startswith(
         "--report-to: unknown tracker 'tensorbord'; choose none, all, or from azure_ml, "
     )

@@ -150,3 +150,31 @@ def _readme_python_example_runs(bin_dir: Path, work: Path, tiny_model: str) -> N
     figures = json.loads(line.removeprefix("RESULT "))
     assert figures["rewards"] == 2 and figures["pairs"] == 32 and 0 <= figures["accuracy"] <= 1
     assert (work / "runs" / "api-haf" / "hafrm.json").is_file()
+
+
+def test_dependencies_are_ranges_whose_floors_and_tested_versions_are_listed():
+    """pyproject.toml declares ranges; constraints-lowest.txt holds each floor, constraints.txt a version inside."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    declared = {
+        canonicalize_name(Requirement(text).name): Requirement(text).specifier
+        for text in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    assert all(">=" in str(specifier) and "==" not in str(specifier) for specifier in declared.values())
+
+    def pins(name: str) -> dict:
+        lines = (ROOT / name).read_text().splitlines()
+        pairs = [line.split("==") for line in lines if line and not line.startswith("#")]
+        return {canonicalize_name(package): version for package, version in pairs}
+
+    lowest, tested = pins("constraints-lowest.txt"), pins("constraints.txt")
+    for name, specifier in declared.items():
+        floor = next(Version(s.version) for s in specifier if s.operator == ">=")
+        if name in lowest:  # the floor is the version the fast tests ran on in .venv-lowest
+            assert Version(lowest[name]) == floor, (name, floor, lowest[name])
+        assert specifier.contains(tested[name]), (name, tested[name])  # the tested version is allowed
+    assert {"transformers", "peft", "trl", "accelerate", "datasets", "torch"} <= set(lowest)

@@ -308,7 +308,10 @@ def check_trackers(flag: str, value: str) -> None:
             raise ConfigError(f"{flag}: unknown tracker {name!r}; choose none, all, or from {', '.join(known)}")
         check, package = TRACKERS.get(name, (None, None))
         if check and not getattr(integration_utils, check)():
-            raise ConfigError(f"{flag} {name}: transformers finds no usable {name} here: pip install {package}")
+            raise ConfigError(
+                f"{flag} {name}: transformers finds no usable {name} here: pip install {package} "
+                "(or pip install 'hafrm[tracking]')"
+            )
 
 
 def check_output_dir(value: str) -> None:
@@ -353,13 +356,13 @@ def check_inputs(cfg) -> None:
             check_reward_dir("--reward", item.split("=", 1)[-1])
         check_output_dir(cfg.output_dir)
     elif isinstance(cfg, RlhfConfig) and not cfg.compare:  # --compare reads two finished runs, nothing else
-        if not cfg.reward:
-            raise ConfigError("--reward DIR is required: the reward model the policy is trained against")
-        check_reward_dir("--reward", cfg.reward)
         check_prompts("--prompts", cfg.prompts)
         check_prompts("--eval-prompts", cfg.eval_prompts)
         check_trackers("--report-to", cfg.report_to)
         check_base_model("--policy", cfg.policy)
+        if not cfg.reward:
+            raise ConfigError("--reward DIR is required: the reward model the policy is trained against")
+        check_reward_dir("--reward", cfg.reward)
         check_output_dir(cfg.output_dir)
     elif isinstance(cfg, StatsConfig):
         for spec in cfg.data:
