@@ -287,7 +287,7 @@ def test_values_at_the_edges_pass(tiny_model):
     for cfg in (
         TrainConfig(model=tiny_model, val_fraction=0.0, alpha=-0.1, epochs=0.0, max_steps=5, max_length=16),
         BonConfig(policy=tiny_model, temperature=0.0, n=1, top_p=1.0),
-        RlhfConfig(policy=tiny_model, beta=0.0, num_generations=2),
+        RlhfConfig(policy=tiny_model, reward=tiny_model, beta=0.0, num_generations=2),
     ):
         validate(cfg)
 
