@@ -58,7 +58,7 @@ def card_metadata(record: dict, lora: bool) -> dict:
     return metadata
 
 
-def _render(messages_code: bool, tokenizer_has_template: bool) -> list[str]:
+def _render(tokenizer_has_template: bool) -> list[str]:
     if tokenizer_has_template:
         return [
             'messages = [{"role": "user", "content": "What is a kite?"}, '
@@ -89,7 +89,7 @@ def loading_code(directory: Path, shown_as: str, record: dict) -> dict[str, str]
     if not record["reward_head"] or record.get("reward_head_type", "linear") == "mlp":
         return code  # the implicit reward, or GRM's MLP head: hafrm's readers only
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    rendered = _render(True, bool(tokenizer.chat_template))
+    rendered = _render(bool(tokenizer.chat_template))
     header = ["from transformers import AutoModelForSequenceClassification, AutoTokenizer", ""]
     if _is_lora(directory):
         base = json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
