@@ -7,7 +7,9 @@ sequences and a GPU's batch, or at toy sizes for a dry run. Writes the new YAML 
 
 What changes: every `builtin:train@N` (the base's and each run's) becomes `builtin:train@(scale·N)`, every
 built-in test set `--test-scale` times larger; `max_length`, `batch_size`, `bf16`, `model` and `seeds` as
-given (`run_seeds` kept where those seeds remain); output_dir goes under --out. `--toy DATA` makes every run
+given (`run_seeds` kept where those seeds remain); output_dir goes under --out. A GPU machine has no network:
+a test set named by source (`pandalm`, `hh-harmless:test@181`) reads the copy under --shared (default
+../shared/data) where it is there, and is left out (with a note) where not. `--toy DATA` makes every run
 read DATA for training and every set evaluate on it, 2 steps, seed 0: the design end to end in minutes.
 """
 
@@ -21,6 +23,20 @@ from pathlib import Path
 import yaml
 
 BUILTIN_SIZE = re.compile(r"^builtin:(train|test|validation)@(\d+)$")
+# source name -> (its file under --shared, the split to carve it with, or None for the whole file)
+LOCAL_COPIES = {"pandalm": ("pandalm/testset-v1.json", None), "hh-harmless": ("hh-harmless/train.jsonl.gz", "test")}
+
+
+def local_copy(spec: str, shared: Path) -> str | None:
+    """A named test set's offline copy under `shared` (its weight kept), or None where there is none."""
+    target, *rest = str(spec).split(":")
+    if target not in LOCAL_COPIES:
+        return None
+    path, split = LOCAL_COPIES[target]
+    if not (shared / path).is_file():
+        return None
+    weight = [piece for piece in rest if not piece.startswith(("test", "train"))]
+    return ":".join([str(shared / path), *([split] if split else []), *weight])
 
 
 def scaled(spec: str, split: str, factor: float) -> str:
@@ -51,12 +67,16 @@ def rescale(config: dict, args) -> dict:
             if "data" in overrides:
                 overrides["data"] = scaled(overrides["data"], "train", args.scale)
         config["evaluate"] = {name: scaled(data, "test", args.test_scale) for name, data in config["evaluate"].items()}
-        for name, data in list(config["evaluate"].items()):  # ../shared is not on every machine
-            file = Path(str(data).rsplit(":", 1)[0] if re.search(r":(train|test)$", str(data)) else str(data))
-            if not str(data).startswith("builtin:") and "/" in str(data) and not file.exists():
-                print(f"note: {file} is absent here: the set {name!r} is left out", file=sys.stderr)
-                del config["evaluate"][name]
-                config.get("set_runs", {}).pop(name, None)
+        for name, data in list(config["evaluate"].items()):
+            if str(data).startswith("builtin:"):
+                continue
+            copy = local_copy(data, Path(args.shared))
+            if copy is not None:
+                config["evaluate"][name] = copy
+                continue
+            print(f"note: no offline copy of {data} under {args.shared}: the set {name!r} is left out", file=sys.stderr)
+            del config["evaluate"][name]
+            config.get("set_runs", {}).pop(name, None)
         for key in ("max_length", "batch_size"):
             if getattr(args, key) is not None:
                 base[key] = getattr(args, key)
@@ -85,6 +105,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
     parser.add_argument("--model", help="another base model")
+    parser.add_argument("--shared", default="../shared/data", help="offline copies of named test sets")
     parser.add_argument("--toy", metavar="DATA", help="toy sizes: train and evaluate on DATA, 2 steps, seed 0")
     args = parser.parse_args()
     config = rescale(yaml.safe_load(args.config.read_text()), args)

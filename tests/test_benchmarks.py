@@ -155,3 +155,15 @@ def test_scale_study_rewrites_the_budget_and_keeps_the_design(tmp_path):
         "batch_size": 16, "max_length": 1024, "bf16": True}  # fmt: skip
     assert scaled["baseline"] == original["baseline"] and scaled["learning_curve"] == original["learning_curve"]
     assert scaled["run_seeds"] == original["run_seeds"]  # seed 0 is kept
+    shared = tmp_path / "copies"
+    for path in ("pandalm/testset-v1.json", "hh-harmless/train.jsonl.gz"):
+        (shared / path).parent.mkdir(parents=True, exist_ok=True)
+        (shared / path).write_text("[]")
+    command += ["--shared", str(shared)]
+    path = Path(subprocess.run(command, capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip())
+    assert original["evaluate"]["pandalm"] == "pandalm"  # named sources in the shipped config; local copies here
+    assert yaml.safe_load(path.read_text())["evaluate"] == {
+        "builtin-test": "builtin:test@1000",
+        "pandalm": f"{shared}/pandalm/testset-v1.json",
+        "hh-harmless": f"{shared}/hh-harmless/train.jsonl.gz:test",
+    }

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from hafrm.data import BadRow, DataError, FilteredRow, load_data
-from hafrm.data.converters import detect_format, from_llmbar, from_pandalm, from_sharegpt
+from hafrm.data.converters import detect_format, from_llmbar, from_sharegpt
+from hafrm.data.sources import convert_pandalm as from_pandalm
 
 
 def pandalm_row(votes, extra_input=""):
@@ -116,7 +117,9 @@ def test_real_pandalm_test_set(shared_data):
 
 
 def test_every_named_source_is_a_format():
-    from hafrm.data.converters import SOURCE_FORMATS
+    from hafrm.data.converters import CONVERTERS, FORMATS, SOURCE_FORMATS, converter_for
     from hafrm.data.sources import SOURCES
 
-    assert set(SOURCE_FORMATS) == set(SOURCES)
+    assert set(SOURCES) <= set(FORMATS) and len(FORMATS) == len(set(FORMATS))
+    assert set(SOURCE_FORMATS) == set(SOURCES) - {"pandalm"}
+    assert converter_for("pandalm") is CONVERTERS["pandalm"] is SOURCES["pandalm"].convert

@@ -375,3 +375,134 @@ def test_real_hh_harmless_file_converts(shared_data):
     assert len(converted) >= 1800, f"{len(converted)} converted; skipped per reason: {dict(skipped)}"
     assert len(converted) + sum(skipped.values()) == len(rows)
     assert all(pair["prompt"][0]["role"] == "user" and len(pair["chosen"]) == 1 for pair in converted)
+
+
+# --- PandaLM: a named source published on GitHub, not the hub -------------------------------------------------
+
+
+def panda(idx: int, votes: tuple[int, int, int]) -> dict:
+    return {
+        "idx": idx,
+        "instruction": f"Question {idx}?",
+        "input": "",
+        "response1": f"first {idx}",
+        "response2": f"second {idx}",
+        **{f"annotator{i + 1}": vote for i, vote in enumerate(votes)},
+    }
+
+
+PANDA_ROWS = [panda(i, (1, 1, 2) if i % 3 else (2, 2, 0)) for i in range(9)] + [panda(9, (0, 0, 1))]
+
+
+@pytest.fixture
+def panda_server(tmp_path, monkeypatch):
+    """PandaLM's file served from loopback in place of raw.githubusercontent.com; yields the request log."""
+    import dataclasses
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    (served / "data").mkdir(parents=True)
+    (served / "data/testset-v1.json").write_text(json.dumps(PANDA_ROWS))
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setitem(SOURCES, "pandalm", dataclasses.replace(SOURCES["pandalm"], url_base=url))
+    monkeypatch.setenv("HAFRM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HAFRM_DATA_DIR", raising=False)
+    for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
+    yield url, requests
+    server.shutdown()
+    server.server_close()
+
+
+def test_pandalm_is_downloaded_once_into_the_cache_and_read_from_it_offline(panda_server, tmp_path, monkeypatch):
+    url, requests = panda_server
+    rows, location = load_source("pandalm", "test")
+    assert rows == PANDA_ROWS
+    assert requests == ["/data/testset-v1.json"]
+    cached = tmp_path / "cache/data/WeOpenML/PandaLM"
+    assert location == f"{url}/data/testset-v1.json (cached in {cached})"
+    assert json.loads((cached / "data/testset-v1.json").read_text()) == PANDA_ROWS
+    assert not [path.name for path in cached.rglob(".*.part")]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert load_source("pandalm", "test")[0] == PANDA_ROWS
+    assert len(requests) == 1
+
+
+def test_pandalm_offline_without_a_copy_says_what_to_download(panda_server, monkeypatch):
+    url, requests = panda_server
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError) as caught:
+        load_source("pandalm")
+    message = str(caught.value)
+    assert message.startswith(f"pandalm (WeOpenML/PandaLM, split test): HAFRM_DATA_DIR is not set (no local copy), "
+                              f"and {url} failed (OSError: not in the cache ")  # fmt: skip
+    assert "HF_DATASETS_OFFLINE is set" in message
+    assert (
+        f"curl -L --create-dirs -o $HAFRM_DATA_DIR/WeOpenML/PandaLM/data/testset-v1.json {url}/data/testset-v1.json"
+        in message
+    )
+    assert requests == []
+
+
+def test_pandalm_from_a_local_copy_gives_the_majority_pairs_with_its_one_split_as_default(tmp_path, monkeypatch):
+    from hafrm.data.load import load_data
+
+    (tmp_path / "WeOpenML/PandaLM/data").mkdir(parents=True)
+    (tmp_path / "WeOpenML/PandaLM/data/testset-v1.json").write_text(json.dumps(PANDA_ROWS))
+    monkeypatch.setenv("HAFRM_DATA_DIR", str(tmp_path))
+    pairs, (report,) = load_data("pandalm")
+    assert [pair.chosen for pair in pairs] == [f"second {i}" if i % 3 == 0 else f"first {i}" for i in range(9)]
+    assert (report.rows, report.pairs, dict(report.filtered)) == (10, 9, {"tie": 1})
+    with pytest.raises(DataError, match="pandalm: no split 'train'; its splits: test"):
+        load_source("pandalm", "train")
+
+
+def test_an_at_count_keeps_a_fixed_subset_in_order_for_sources_and_files(tmp_path, monkeypatch):
+    from hafrm.data.load import load_data
+
+    (tmp_path / "WeOpenML/PandaLM/data").mkdir(parents=True)
+    (tmp_path / "WeOpenML/PandaLM/data/testset-v1.json").write_text(json.dumps(PANDA_ROWS))
+    monkeypatch.setenv("HAFRM_DATA_DIR", str(tmp_path))
+    subsets = [[pair.prompt for pair in load_data("pandalm:test@4", seed=seed)[0]] for seed in (0, 1)]
+    assert subsets[0] == subsets[1]  # fixed: the run seed does not move it
+    order = [f"Question {i}?" for i in range(9)]
+    assert len(subsets[0]) == 4 and sorted(subsets[0], key=order.index) == subsets[0]
+    _, (report,) = load_data("pandalm:test@4")
+    assert report.summary().startswith("pandalm:test@4: 9 pairs from 10 rows") and report.used == 4
+    with pytest.raises(DataError, match="@10 asks for more pairs than its 9"):
+        load_data("pandalm:test@10")
+    with pytest.raises(DataError, match="pandalm:test@0: the pair count after @ must be a whole number"):
+        load_data("pandalm:test@0")
+    data = tmp_path / "pairs.jsonl"
+    write_jsonl(data, [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(30)])
+    train = [pair.prompt for pair in load_data(f"{data}:train")[0]]
+    subset = [pair.prompt for pair in load_data(f"{data}:train@5")[0]]
+    assert len(subset) == 5 and set(subset) < set(train) and sorted(subset, key=train.index) == subset
+
+
+def test_preflight_reads_the_split_before_an_at_count():
+    from hafrm.config import ConfigError
+    from hafrm.preflight import check_data
+
+    check_data("--data", "hh-harmless:train@1631,pandalm:test@100")
+    with pytest.raises(ConfigError, match="hh-harmless has no split 'valid'; its splits: train, test"):
+        check_data("--data", "hh-harmless:valid@10")
+    with pytest.raises(ConfigError, match="--data: hh-harmless:train@x: the pair count after @ must be a whole"):
+        check_data("--data", "hh-harmless:train@x")
+
+
+def test_the_model_card_lists_only_hub_datasets():
+    from hafrm.modelcard import _hub_datasets
+
+    assert _hub_datasets("pandalm,hh-harmless:train@100,builtin") == ["Anthropic/hh-rlhf"]

@@ -39,7 +39,7 @@ def _hub_datasets(data: str) -> list[str]:
     ids = []
     for item in str(data).split(","):
         name = item.split(":")[0].strip()
-        if name in SOURCES and SOURCES[name].hub_id not in ids:
+        if name in SOURCES and SOURCES[name].on_hub and SOURCES[name].hub_id not in ids:
             ids.append(SOURCES[name].hub_id)
     return ids
 

@@ -243,21 +243,22 @@ def check_data(flag: str, text: str) -> None:
     Named sources, the built-in set and hub dataset ids are not read: they are checked when the data loads.
     """
     from .data.formats import DataError
-    from .data.load import has_split, parse_spec
+    from .data.load import has_split, parse_spec, split_count
 
     try:
         items = parse_spec(text)
+        splits_of = [split_count(item)[0] for item in items]
     except DataError as error:
         raise ConfigError(f"{flag}: {error}") from None
-    for item in items:
+    for item, split in zip(items, splits_of, strict=True):
         if _is_named(item.target):
-            if item.split and not has_split(item.target, item.split):
+            if split and not has_split(item.target, split):
                 splits = ", ".join(_splits(item.target))
-                raise ConfigError(f"{flag} {text}: {item.target} has no split {item.split!r}; its splits: {splits}")
+                raise ConfigError(f"{flag} {text}: {item.target} has no split {split!r}; its splits: {splits}")
         elif Path(item.target).is_file():
-            if item.split and item.split not in ("train", "test"):
+            if split and split not in ("train", "test"):
                 raise ConfigError(
-                    f"{flag} {text}: a file's split is train (90%) or test (10%), not {item.split!r}"
+                    f"{flag} {text}: a file's split is train (90%) or test (10%), not {split!r}"
                 )  # fmt: skip
         elif Path(item.target).is_dir():
             continue  # a local dataset directory, read by datasets.load_dataset like a hub id

@@ -16,30 +16,14 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 
-from .formats import BadRow, DataError, FilteredRow
-from .sources import SOURCES, convert_hh, is_hh_row
+from .formats import BadRow, DataError
+from .sources import SOURCES, _text, convert_hh, convert_pandalm, is_hh_row
 
 Converter = Callable[[dict], dict]
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-
-
-def _text(row: dict, field: str) -> str:
-    value = row.get(field)
-    if field not in row:
-        raise BadRow("missing field", f"missing field `{field}`", field)
-    if not isinstance(value, str):
-        raise BadRow("non-text field", f"`{field}` must be a string, got {type(value).__name__}", field)
-    return value
-
-
-def _instruction_prompt(instruction: str, extra_input: str | None) -> str:
-    """Alpaca-style prompt: the instruction, then its input (when there is one) after a blank line."""
-    extra_input = (extra_input or "").strip()
-    return f"{instruction.strip()}\n\n{extra_input}" if extra_input else instruction.strip()
 
 
 def from_trl(row: dict) -> dict:
@@ -75,25 +59,6 @@ def from_sharegpt(row: dict) -> dict:
     return {"prompt": prompt, **responses}
 
 
-def from_pandalm(row: dict) -> dict:
-    """Three annotators vote 0 (tie), 1 or 2; the response with two or more votes is chosen."""
-    votes = Counter()
-    for field in ("annotator1", "annotator2", "annotator3"):
-        vote = row.get(field)
-        if isinstance(vote, bool) or vote not in (0, 1, 2):  # True == 1 would count as a vote for response 1
-            raise BadRow("bad label", f"`{field}` must be 0, 1 or 2, got {vote!r}", field)
-        votes[vote] += 1
-    label, count = votes.most_common(1)[0]
-    if count < 2 or label == 0:
-        raise FilteredRow("tie")
-    responses = [_text(row, "response1"), _text(row, "response2")]
-    extra_input = row.get("input")
-    if extra_input is not None and not isinstance(extra_input, str):
-        raise BadRow("non-text field", f"`input` must be a string, got {type(extra_input).__name__}", "input")
-    prompt = _instruction_prompt(_text(row, "instruction"), extra_input)
-    return {"prompt": prompt, "chosen": responses[label - 1], "rejected": responses[2 - label]}
-
-
 def from_llmbar(row: dict) -> dict:
     """{input, output_1, output_2, label}: label 1 or 2 names the better output."""
     label = row.get("label")
@@ -110,11 +75,11 @@ CONVERTERS: dict[str, Converter] = {
     "trl": from_trl,
     "hh": convert_hh,
     "sharegpt": from_sharegpt,
-    "pandalm": from_pandalm,
+    "pandalm": convert_pandalm,
     "llmbar": from_llmbar,
 }
 # Every named source is a format too (`--format beaver-safe` reads a file in PKU-SafeRLHF's schema).
-SOURCE_FORMATS = tuple(SOURCES)
+SOURCE_FORMATS = tuple(name for name in SOURCES if name not in CONVERTERS)  # `pandalm` is both
 FORMATS = ("auto", *CONVERTERS, *SOURCE_FORMATS)
 
 # Fields that identify a format, checked in this order (the first whose fields are all present wins).

@@ -7,10 +7,13 @@
 
 Grammar: a comma-separated list of items `TARGET[:SPLIT][:WEIGHT]`, where TARGET is
   - `builtin`, hafrm's own verifiable instruction-following set (splits train / validation / test);
-  - a named source (`hh-harmless`, `hh-helpful`, `beaver-safe`, `alpaca-human-pref`, `chatbot-arena`);
+  - a named source (`hh-harmless`, `hh-helpful`, `beaver-safe`, `alpaca-human-pref`, `chatbot-arena`,
+    `pandalm`); a source with one split (`pandalm`: `test`) reads it when none is given;
   - a local json / jsonl(.gz) / parquet file: SPLIT `train` / `test` carves it 90% / 10% with a fixed
     seed, so one file can serve training and a held-out test;
   - a hub dataset id `org/name` (SPLIT is the hub split).
+`SPLIT@N` keeps N of the split's pairs, drawn with a fixed seed (the same on every run, seed and machine, in
+the split's order): `hh-harmless:train@1631` is a fixed 1,631-pair subset, as `builtin:train@250` is.
 WEIGHT resamples that item: 0.5 keeps half its pairs, 2 uses every pair twice (seeded). With
 `mixture="even"` every item is first cut to the size of the smallest, as in the paper's mixed
 experiment. Every pair carries its item's name as `source`, which evaluation reports per.
@@ -43,7 +46,7 @@ from .formats import (
     to_pair,
     undecodable_text,
 )
-from .sources import SOURCES, carve_split, load_source
+from .sources import CARVE_SEED, SOURCES, carve_split, load_source
 
 BUILTIN = "builtin"
 
@@ -175,6 +178,25 @@ def _carve_file(rows: list, lines: list[int] | None, split: str, location: str) 
     return carve_split(rows, split), None if lines is None else carve_split(lines, split)
 
 
+def split_count(item: DataItem) -> tuple[str | None, int | None]:
+    """The split and the `@N` pair count of a named source's, file's or hub set's item (the built-in set reads
+    its own `@N`)."""
+    if item.target == BUILTIN or not item.split or "@" not in item.split:
+        return item.split, None
+    split, _, count = item.split.partition("@")
+    if not count.isdigit() or int(count) < 1:
+        raise DataError(f"{item.target}:{item.split}: the pair count after @ must be a whole number of at least 1")
+    return split or None, int(count)
+
+
+def fixed_subset(pairs: list, count: int, location: str) -> list:
+    """`count` of `pairs`, drawn with CARVE_SEED and kept in their order."""
+    if count > len(pairs):
+        raise DataError(f"{location}: @{count} asks for more pairs than its {len(pairs)}")
+    keep = sorted(random.Random(CARVE_SEED).sample(range(len(pairs)), count))
+    return [pairs[index] for index in keep]
+
+
 def raw_rows(item: DataItem, default_split: str) -> tuple[list, list[int] | None, str, str]:
     """-> (rows, their 1-based lines in a JSON-lines file or None, location, format hint or "auto") for one item."""
     if item.target == BUILTIN:  # builtin[:SPLIT[@N]]
@@ -185,15 +207,17 @@ def raw_rows(item: DataItem, default_split: str) -> tuple[list, list[int] | None
             raise DataError(str(error)) from None
         size = f", {count} pairs" if count else ""
         return rows, None, f"hafrm built-in set, {split} split{size}", "trl"
+    split, _ = split_count(item)
     if item.target in SOURCES:
-        rows, location = load_source(item.target, item.split or default_split)
+        splits = SOURCES[item.target].splits
+        rows, location = load_source(item.target, split or (splits[0] if len(splits) == 1 else default_split))
         return rows, None, location, item.target
     if Path(item.target).is_file():
         rows, lines = read_rows_and_lines(item.target)
-        if item.split:
-            rows, lines = _carve_file(rows, lines, item.split, item.target)
-        return rows, lines, item.target if not item.split else f"{item.target} ({item.split} part)", "auto"
-    spec = f"{item.target}:{item.split}" if item.split else item.target
+        if split:
+            rows, lines = _carve_file(rows, lines, split, item.target)
+        return rows, lines, item.target if not split else f"{item.target} ({split} part)", "auto"
+    spec = f"{item.target}:{split}" if split else item.target
     rows, lines = read_rows_and_lines(spec)
     return rows, lines, spec, "auto"
 
@@ -265,7 +289,12 @@ def load_data(
     for item in items:
         rows, lines, location, hint = raw_rows(item, default_split)
         item_format = fmt if fmt != "auto" else hint
-        loaded.append((item, *convert_rows(rows, item.name, location, item_format, skip_bad_rows, lines)))
+        pairs, report = convert_rows(rows, item.name, location, item_format, skip_bad_rows, lines)
+        count = split_count(item)[1]
+        if count is not None:
+            pairs = fixed_subset(pairs, count, location)
+            report.used = len(pairs)
+        loaded.append((item, pairs, report))
     smallest = min(len(pairs) for _, pairs, _ in loaded)
     rng = random.Random(seed)
     mixed, reports = [], []

@@ -4,10 +4,11 @@
     raw_rows, location = load_source("hh-harmless", "test")   # $HAFRM_DATA_DIR/Anthropic/hh-rlhf/... or the hub
     row = SOURCES["hh-harmless"].convert(raw_rows[0])           # TRL row, or raises BadRow / FilteredRow
 
-A local copy is a directory laid out as the hub repo, `{local_root}/{hub_id}/<path in the repo>`, as
+A local copy is a directory laid out as the source repo, `{local_root}/{repo_id}/<path in the repo>`, as
 `hf download --repo-type dataset Anthropic/hh-rlhf --local-dir $HAFRM_DATA_DIR/Anthropic/hh-rlhf` leaves it.
 Both are read by the same call, `datasets.load_dataset("json" | "parquet", data_files=f"{base}/{path in repo}")`,
-where `base` is the local directory or `hf://datasets/{hub_id}`, so a test against a local copy runs the hub path.
+where `base` is the local directory or the remote one (`hf://datasets/{repo_id}`, or the raw-file URL of a set
+published only on GitHub, PandaLM's), so a test against a local copy runs the remote path.
 Passing the repo id itself as `path` would not do: datasets>=4 refuses every repo (or local directory) that holds
 a loading script, even with `data_files` given, and tatsu-lab/alpaca_farm holds `alpaca_farm.py`.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import os
 import random
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +37,22 @@ class NamedSource:
     """One of the paper's data sets: where its files sit in the hub repo, and the paper's rule for its rows."""
 
     name: str
-    hub_id: str
+    hub_id: str  # the repo: a hub dataset id, or `owner/name` on GitHub where `url_base` is set
     builder: str  # datasets' packaged builder for the files: "json" (.json, .jsonl, .jsonl.gz) or "parquet"
     files: dict[str, tuple[str, ...]]  # hub split -> paths or glob patterns inside the repo
     convert: Callable[[dict], dict]  # raw row -> {"prompt", "chosen", "rejected"}, or BadRow / FilteredRow
     splits: tuple[str, ...]  # splits a user may ask for
     carved_from: str | None = None  # the one hub split that `train` and `test` are carved from, if any
     access_note: str = ""  # what the hub asks before it serves the files
+    url_base: str | None = None  # raw-file URL of the repo for a set not on the hub; None: hf://datasets/{hub_id}
+
+    @property
+    def on_hub(self) -> bool:
+        return self.url_base is None
+
+    @property
+    def remote_base(self) -> str:
+        return self.url_base or f"hf://datasets/{self.hub_id}"
 
 
 # --- row helpers ----------------------------------------------------------------------------------------------
@@ -57,6 +68,22 @@ def _texts(row: dict, *fields: str) -> list[str]:
             raise BadRow("non-text field", f"`{field}` is {type(value).__name__}", field)
         values.append(value)
     return values
+
+
+def _text(row: dict, field: str) -> str:
+    """A text field of a single-turn format (its whitespace kept; the converters' callers strip)."""
+    value = row.get(field)
+    if field not in row:
+        raise BadRow("missing field", f"missing field `{field}`", field)
+    if not isinstance(value, str):
+        raise BadRow("non-text field", f"`{field}` must be a string, got {type(value).__name__}", field)
+    return value
+
+
+def _instruction_prompt(instruction: str, extra_input: str | None) -> str:
+    """Alpaca-style prompt: the instruction, then its input (when there is one) after a blank line."""
+    extra_input = (extra_input or "").strip()
+    return f"{instruction.strip()}\n\n{extra_input}" if extra_input else instruction.strip()
 
 
 def _user(prompt: str, field: str) -> Messages:
@@ -197,6 +224,28 @@ def convert_chatbot_arena(row: dict) -> dict:
     return _pair(_user(prompt, winner_field), chosen, rejected)
 
 
+# --- PandaLM's human test set ---------------------------------------------------------------------------------
+
+
+def convert_pandalm(row: dict) -> dict:
+    """Three annotators vote 0 (tie), 1 or 2; the response with two or more votes is chosen."""
+    votes = Counter()
+    for field in ("annotator1", "annotator2", "annotator3"):
+        vote = row.get(field)
+        if isinstance(vote, bool) or vote not in (0, 1, 2):  # True == 1 would count as a vote for response 1
+            raise BadRow("bad label", f"`{field}` must be 0, 1 or 2, got {vote!r}", field)
+        votes[vote] += 1
+    label, count = votes.most_common(1)[0]
+    if count < 2 or label == 0:
+        raise FilteredRow("tie")
+    responses = [_text(row, "response1"), _text(row, "response2")]
+    extra_input = row.get("input")
+    if extra_input is not None and not isinstance(extra_input, str):
+        raise BadRow("non-text field", f"`input` must be a string, got {type(extra_input).__name__}", "input")
+    prompt = _instruction_prompt(_text(row, "instruction"), extra_input)
+    return {"prompt": prompt, "chosen": responses[label - 1], "rejected": responses[2 - label]}
+
+
 # --- the registry ---------------------------------------------------------------------------------------------
 
 
@@ -266,6 +315,19 @@ SOURCES: dict[str, NamedSource] = {
         access_note="gated: accept its terms at https://huggingface.co/datasets/lmsys/chatbot_arena_conversations "
         "and run `hf auth login` first",
     ),
+    # PandaLM's human-annotated test set, the paper's out-of-distribution "Chat" evaluation: published only in the
+    # GitHub repo WeOpenML/PandaLM as data/testset-v1.json, a JSON list of 999 rows {idx, motivation_app, cmp_key,
+    # instruction, input, response1, response2, annotator1..3} (the same file as ../shared/data/pandalm). One
+    # split, `test`: the set is for evaluation only.
+    "pandalm": NamedSource(
+        name="pandalm",
+        hub_id="WeOpenML/PandaLM",
+        builder="json",
+        files={"test": ("data/testset-v1.json",)},
+        convert=convert_pandalm,
+        splits=("test",),
+        url_base="https://raw.githubusercontent.com/WeOpenML/PandaLM/main",
+    ),
 }
 
 
@@ -281,10 +343,20 @@ def carve_split(rows: list, split: str) -> list:
 
 
 def _download_hint(source: NamedSource, root: str | None) -> str:
-    includes = " ".join(f"--include '{pattern}'" for patterns in source.files.values() for pattern in patterns)
     local_dir = f"{root or '$HAFRM_DATA_DIR'}/{source.hub_id}"
-    command = f"hf download --repo-type dataset {source.hub_id} {includes} --local-dir {local_dir}"
     access = f" ({source.access_note})" if source.access_note else ""
+    if not source.on_hub:
+        paths = [path for patterns in source.files.values() for path in patterns]
+        commands = "\n    ".join(
+            f"curl -L --create-dirs -o {local_dir}/{path} {source.url_base}/{path}" for path in paths
+        )
+        return (
+            f"Download it where {source.url_base.split('/')[2]} is reachable{access}:\n    {commands}\n"
+            f"then point HAFRM_DATA_DIR (or local_root) at the folder that holds {source.hub_id}; or pass the "
+            "file itself (a local copy of it anywhere) in place of the source name."
+        )
+    includes = " ".join(f"--include '{pattern}'" for patterns in source.files.values() for pattern in patterns)
+    command = f"hf download --repo-type dataset {source.hub_id} {includes} --local-dir {local_dir}"
     return (
         f"Download it where the hub is reachable{access}:\n    {command}\n"
         "(`huggingface-cli download` with the same arguments on huggingface_hub < 1.0), then point HAFRM_DATA_DIR "
@@ -292,15 +364,51 @@ def _download_hint(source: NamedSource, root: str | None) -> str:
     )
 
 
-def load_source(name: str, split: str = "train", local_root: str | None = None) -> tuple[list[dict], str]:
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+DOWNLOAD_TIMEOUT_S = 60
+
+
+def _downloaded(source: NamedSource, paths: tuple[str, ...]) -> Path:
+    """The folder under the hafrm cache that holds a non-hub source's files, each downloaded once.
+
+    datasets would read the URL itself only with fsspec's optional HTTP backend (aiohttp); a plain download into
+    the cache also keeps the file for offline runs, as the hub cache does for hub sets. The offline variables
+    that stop the hub stop this download too.
+    """
+    from ..default_model import cache_root
+
+    folder = cache_root() / "data" / source.hub_id
+    for path in paths:
+        target = folder / path
+        if target.is_file():
+            continue
+        for variable in OFFLINE_VARIABLES:
+            if os.environ.get(variable, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+                raise OSError(f"not in the cache {folder} and {variable} is set")
+        import urllib.request
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+        try:
+            with urllib.request.urlopen(f"{source.url_base}/{path}", timeout=DOWNLOAD_TIMEOUT_S) as response:
+                partial.write_bytes(response.read())
+            os.replace(partial, target)  # whole or not at all: a cut download never looks cached
+        finally:
+            partial.unlink(missing_ok=True)
+    return folder
+
+
+def load_source(name: str, split: str | None = None, local_root: str | None = None) -> tuple[list[dict], str]:
     """Raw (unconverted) rows of a named source's split, and where they were read from.
 
     The local copy under `local_root` (default: $HAFRM_DATA_DIR) is used when it holds the split's files;
-    otherwise the hub. Splits carved from a single hub split are its deterministic 90% / 10% parts.
+    otherwise the hub (or, for a set not on the hub, a copy downloaded once into the hafrm cache). The split
+    defaults to `train`, or to the source's one split. Splits carved from a single hub split are its deterministic 90% / 10% parts.
     """
     if name not in SOURCES:
         raise DataError(f"unknown data source {name!r}; named sources: {', '.join(SOURCES)}")
     source = SOURCES[name]
+    split = split or (source.splits[0] if len(source.splits) == 1 else "train")
     if split not in source.splits:
         raise DataError(f"{name}: no split {split!r}; its splits: {', '.join(source.splits)}")
     hub_split = source.carved_from or split
@@ -308,21 +416,24 @@ def load_source(name: str, split: str = "train", local_root: str | None = None) 
     root = local_root or os.environ.get("HAFRM_DATA_DIR") or None
     local_dir = Path(root, source.hub_id) if root else None
     local = local_dir is not None and all(any(local_dir.glob(pattern)) for pattern in patterns)
-    base = str(local_dir) if local else f"hf://datasets/{source.hub_id}"
+    base = str(local_dir) if local else source.remote_base
 
     import datasets
 
     try:
+        if not local and not source.on_hub:
+            base = str(_downloaded(source, patterns))
         table = datasets.load_dataset(
             source.builder, data_files={hub_split: [f"{base}/{pattern}" for pattern in patterns]}, split=hub_split
         )
     except Exception as error:  # datasets raises many types for a missing, gated or offline dataset
+        remote = "the hub" if source.on_hub else source.url_base
         if local:
             looked = f"reading the local copy {local_dir} failed"
         elif local_dir is not None:
-            looked = f"no local copy of {', '.join(patterns)} under {local_dir}, and the hub failed"
+            looked = f"no local copy of {', '.join(patterns)} under {local_dir}, and {remote} failed"
         else:
-            looked = "HAFRM_DATA_DIR is not set (no local copy), and the hub failed"
+            looked = f"HAFRM_DATA_DIR is not set (no local copy), and {remote} failed"
         raise DataError(
             f"{name} ({source.hub_id}, split {split}): {looked} ({type(error).__name__}: {error}).\n"
             + _download_hint(source, root)
@@ -331,8 +442,10 @@ def load_source(name: str, split: str = "train", local_root: str | None = None) 
     rows = table.to_list()
     if local:
         location = ", ".join(str(path) for pattern in patterns for path in sorted(local_dir.glob(pattern)))
-    else:
+    elif source.on_hub:
         location = f"hub {source.hub_id}: {', '.join(patterns)}"
+    else:
+        location = ", ".join(f"{source.url_base}/{path} (cached in {base})" for path in patterns)
     if source.carved_from:
         rows = carve_split(rows, split)
         share = HELD_OUT_FRACTION if split == "test" else 1 - HELD_OUT_FRACTION
