@@ -83,7 +83,14 @@ def parse_args(argv=None):
     parser.add_argument("--json", default=None, help="also write every measurement here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--pairs-file", default=None, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    opts = parser.parse_args(argv)
+    if opts.trl_liger:
+        from hafrm.extras import missing_extra
+
+        problem = missing_extra("liger", "--trl-liger")
+        if problem:
+            parser.error(problem)
+    return opts
 
 
 # ---- one configuration, in its own process ----------------------------------------------------

@@ -24,10 +24,10 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 # Lowest first; names are module paths below hafrm (fnmatch patterns). Why each layer sits where it does:
 LAYERS = [
     # leaves that everything may use: field parsing, settings dataclasses (and the loss names they list), paths,
-    # devices, the run directory and its record, the numerical guard, pure losses and figures, attention masks
+    # devices, optional extras, the run directory and its record, the numerical guard, pure losses and figures, attention masks
     (
         "base",
-        "__init__ fields config default_model devices writes rundir runrecord guard losses metrics selection plots masks known_warnings".split(),
+        "__init__ fields config default_model devices extras writes rundir runrecord guard losses metrics selection plots masks known_warnings".split(),
     ),
     # reading, normalising, tokenising and collating pairs: imports nothing of hafrm outside data/
     ("data", ["data", "data.*"]),

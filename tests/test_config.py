@@ -501,3 +501,55 @@ def test_help_reads_as_a_user_types_flags(capsys):
 def test_a_mistyped_or_abbreviated_flag_is_named_with_the_closest_one(argv, message, capsys):
     assert main(["train", *argv]) == 2  # a usage error
     assert capsys.readouterr().err.strip() == f"hafrm train: error: {message}"
+
+
+# --- optional extras: one line when the one a command needs is missing -----------------------------------------
+
+
+def test_a_missing_extra_gets_one_line_naming_the_extra(monkeypatch):
+    import importlib.util
+
+    from hafrm.extras import missing_extra
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    assert missing_extra("deepspeed", "zero2") == (
+        "zero2 needs the deepspeed package, not installed here: pip install 'hafrm[deepspeed]'"
+    )
+    assert importlib.util.find_spec("yaml") is not None  # other modules still found
+
+
+def test_hafrm_configs_prints_the_path_and_notes_a_missing_deepspeed(monkeypatch, capsys):
+    import importlib.util
+
+    from hafrm import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    assert cli.main(["configs", "zero2"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip().endswith("configs/accelerate/zero2.yaml") and len(out.splitlines()) == 1
+    assert err == "note: zero2 (distributed_type DEEPSPEED) needs the deepspeed package, not installed here: " \
+        "pip install 'hafrm[deepspeed]'\n"  # fmt: skip
+    assert cli.main(["configs", "ddp"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_deepspeed_launch_on_a_gpu_without_deepspeed_stops_before_anything_loads(monkeypatch):
+    import importlib.util
+
+    from hafrm import devices
+    from hafrm.preflight import check_engine
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setattr(devices, "on_cpu", lambda: False)
+    with pytest.raises(ConfigError, match=r"^this DeepSpeed launch \(ACCELERATE_USE_DEEPSPEED=true\) needs the "
+                       r"deepspeed package, not installed here: pip install 'hafrm\[deepspeed\]'$"):  # fmt: skip
+        check_engine()
+    monkeypatch.setattr(devices, "on_cpu", lambda: True)  # a CPU runs it as plain data parallel
+    check_engine()
+    monkeypatch.setattr(devices, "on_cpu", lambda: False)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    check_engine()

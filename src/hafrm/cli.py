@@ -227,11 +227,18 @@ def _configs(argv: list[str]) -> int:
         print("usage: hafrm configs [NAME]", file=sys.stderr)
         return 2
     if argv:
+        from .extras import accelerate_config_needs, missing_extra
+
         try:
-            print(config_path(argv[0], "accelerate" if "/" not in argv[0] else "").resolve())
+            path = config_path(argv[0], "accelerate" if "/" not in argv[0] else "").resolve()
         except USER_ERRORS as error:
             print(f"hafrm configs: error: {error_line(error)}", file=sys.stderr)
             return exit_status(error)
+        print(path)  # alone on stdout, for `accelerate launch --config_file "$(hafrm configs zero2)"`
+        extra = accelerate_config_needs(path)
+        problem = extra and missing_extra(extra, f"{argv[0]} (distributed_type DEEPSPEED)")
+        if problem:
+            print(f"note: {problem}", file=sys.stderr)
         return 0
     for name, path in shipped_configs().items():
         print(f"{name:<32} {path}")

@@ -315,6 +315,18 @@ def check_trackers(flag: str, value: str) -> None:
             )
 
 
+def check_engine() -> None:
+    """A DeepSpeed launch (accelerate sets ACCELERATE_USE_DEEPSPEED) on a GPU finds deepspeed installed (on a CPU
+    accelerate runs the config as plain data parallel: `hafrm.train.engines_ignored`)."""
+    from .devices import on_cpu
+    from .extras import missing_extra
+
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and not on_cpu():
+        problem = missing_extra("deepspeed", "this DeepSpeed launch (ACCELERATE_USE_DEEPSPEED=true)")
+        if problem:
+            raise ConfigError(problem)
+
+
 def check_output_dir(value: str) -> None:
     """An output directory that can be one (`hafrm.rundir.output_dir_problem`): not a root, the home or working
     directory, a file, under a file, or unwritable."""
@@ -331,6 +343,7 @@ def check_inputs(cfg) -> None:
             if value is not None:
                 check_data(option, value)
         check_trackers("--report-to", cfg.report_to)
+        check_engine()
         check_base_model("--model", cfg.model)
         check_max_length(cfg.max_length, cfg.model)
         check_trainable_layers(cfg)
