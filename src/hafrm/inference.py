@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .data.collator import lay_out_rows, pad_rows
+from .data.collator import lay_out_rows, pad_rows, unit_tokens
 from .layout import shared_rows_verified
 from .model import forward_rows
 
@@ -28,18 +28,58 @@ def _to(batch: dict, device) -> dict:
 SHARED_UNIT_TOKENS = 4096
 
 
-def prompt_groups(sequences: list[list[int]], prompt_lengths: list[int], max_tokens: int = SHARED_UNIT_TOKENS):
-    """Sequences with the same prompt tokens, in groups of at most `max_tokens` with the prompt counted once.
+# Full texts (no prompt length known: OpenRLHF's /get_reward, `hafrm score --text`) are grouped when they share at
+# least this many leading tokens: a rollout group's G completions of one prompt, sent as G whole texts.
+MIN_SHARED_PREFIX = 16
 
-    -> groups of indices (input order within each); a sequence with no prompt is a group of its own.
+
+def _shared_prefix(a: list[int], b: list[int]) -> int:
+    limit = min(len(a), len(b))
+    k = 0
+    while k < limit and a[k] == b[k]:
+        k += 1
+    return k
+
+
+def _full_text_runs(sequences: list[list[int]], indices: list[int], min_shared: int) -> list[tuple[int, list[int]]]:
+    """Full texts -> (shared prefix length, members) runs: in token order, neighbours sharing >= min_shared tokens."""
+    order = sorted(indices, key=lambda i: sequences[i])  # texts with a common prefix sit next to each other
+    runs: list[tuple[int, list[int]]] = []
+    for i in order:
+        if runs:
+            prefix, members = runs[-1]
+            shared = min(prefix, _shared_prefix(sequences[members[-1]], sequences[i]))
+            if shared >= min_shared:
+                runs[-1] = (shared, [*members, i])
+                continue
+        runs.append((len(sequences[i]), [i]))
+    return [(prefix if len(members) > 1 else 0, sorted(members)) for prefix, members in runs]
+
+
+def prompt_groups(
+    sequences: list[list[int]],
+    prompt_lengths: list[int],
+    max_tokens: int = SHARED_UNIT_TOKENS,
+    min_shared: int = MIN_SHARED_PREFIX,
+):
+    """Sequences that share their leading tokens, in groups of at most `max_tokens` with those tokens counted once.
+
+    Sequences with a prompt length group by their prompt tokens; full texts (prompt length 0) by the longest
+    prefix neighbours in token order share, when it is `min_shared` tokens or more (the tokens laid out once
+    are then whatever every member shares: `data.collator.common_prefix`). -> groups of indices, input order
+    within each; a sequence that shares nothing is a group of its own.
     """
     by_prompt: dict[tuple, list[int]] = {}
+    full = []
     for i, (ids, prompt_length) in enumerate(zip(sequences, prompt_lengths)):
-        key = tuple(ids[:prompt_length]) if prompt_length else ("alone", i)
-        by_prompt.setdefault(key, []).append(i)
+        if prompt_length:
+            by_prompt.setdefault(tuple(ids[:prompt_length]), []).append(i)
+        else:
+            full.append(i)
+    units = [(len(key), members) for key, members in by_prompt.items()]
+    units += _full_text_runs(sequences, full, min_shared) if full else []
     groups = []
-    for key, members in by_prompt.items():
-        prompt = len(key) if key[0] != "alone" else 0
+    for prompt, members in sorted(units, key=lambda unit: unit[1][0]):
         group, size = [], prompt
         for i in members:
             own = len(sequences[i]) - prompt
@@ -84,7 +124,7 @@ def score_sequences(
         model, sequences, prompt_lengths, groups, **heads
     ):
         groups = [[i] for i in range(len(sequences))]
-    size = {id(g): sum(len(sequences[i]) for i in g) - (len(g) - 1) * min(prompt_lengths[i] for i in g) for g in groups}
+    size = {id(g): unit_tokens([sequences[i] for i in g]) for g in groups}
     groups.sort(key=lambda g: -size[id(g)])
     batches, batch_groups, count = [], [], 0
     for group in groups:  # about `rows` sequences per pass

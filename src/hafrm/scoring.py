@@ -35,10 +35,12 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_base_model, load_trained, run_tokenizer
+from .data.collator import unit_tokens
 from .data.templates import encode_responses, encode_text
 from .data.tokenize import fit_to_length
 from .devices import to_scoring_device
 from .inference import score_sequences
+from .layout import shared_rows_verified
 from .losses import PolicyLogps, implicit_rewards, needs_reference
 from .model import forward_rows
 from .reference import adapters_disabled, cached_reference_logps
@@ -348,38 +350,54 @@ class RewardModel:
     def rewards_in_passes(
         self, sequences: list[list[int]], prompt_lengths: list[int], pass_tokens: int = 4096, stop=None
     ) -> list[float]:
-        """Rewards in input order for the server's batches (texts of many requests): a reward head's longest first,
-        in passes of about `pass_tokens` tokens, packed end to end in rows as wide as the longest where the run
-        trained packed (checked to hold for its model), else padded to each pass's longest; other kinds by
-        `rewards`, where the prompt lengths place an implicit reward's response. `stop()`, asked before each pass
-        of a reward head, True: `ScoringStopped` (nobody waits for these rewards any more)."""
-        from .data.collator import pack_rows
+        """Rewards in input order for the server's batches (texts of many requests), in passes of about
+        `pass_tokens` tokens, largest first. A reward head's texts that share their leading tokens (one prompt's
+        responses, a rollout group's full texts: `inference.prompt_groups`) are one unit whose shared tokens run
+        once, each member's own tokens seeing them and itself (checked once per model to score as padded rows,
+        else the plain layout); a unit is a row, rows as wide as the pass's largest unit, or, where the run
+        trained packed, units laid end to end in such rows. Other kinds by `rewards`, where the prompt lengths
+        place an implicit reward's response. `stop()`, asked before each pass of a reward head, True:
+        `ScoringStopped` (nobody waits for these rewards any more)."""
+        from .data.collator import lay_out_rows
+        from .inference import prompt_groups
 
         if self.kind != "reward head":
             return self.rewards(sequences, prompt_lengths)
         packed = bool(self.run.get("packing"))
         pad = self.tokenizer.pad_token_id
-        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+        singles = [[i] for i in range(len(sequences))]
+        groups = prompt_groups(sequences, prompt_lengths, max_tokens=pass_tokens) if self.share_prompts else singles
+        if any(len(group) > 1 for group in groups) and not shared_rows_verified(
+            self.model, sequences, prompt_lengths, groups, need_rewards=True, need_logps=False
+        ):
+            groups = singles
+        sizes = [unit_tokens([sequences[i] for i in group]) for group in groups]
+        order = sorted(range(len(groups)), key=lambda g: -sizes[g])
         values = [0.0] * len(sequences)
         start = 0
         while start < len(order):
             if stop is not None and stop():
-                raise ScoringStopped(f"stopped after {start} of {len(order)} texts: nobody waits for their rewards")
-            longest = len(sequences[order[start]])
+                done = sum(len(groups[g]) for g in order[:start])
+                raise ScoringStopped(f"stopped after {done} of {len(sequences)} texts: nobody waits for their rewards")
+            widest = sizes[order[start]]
             count, tokens = 0, 0
-            for i in order[start:]:  # packed: real tokens count; padded: every text costs the longest
-                cost = len(sequences[i]) if packed else longest
-                if count and tokens + cost > max(pass_tokens, longest):
+            for g in order[start:]:  # packed: real tokens count; one unit per row: every unit costs the widest
+                cost = sizes[g] if packed else widest
+                if count and tokens + cost > max(pass_tokens, widest):
                     break
                 count, tokens = count + 1, tokens + cost
-            members = order[start : start + count]
-            ids = [sequences[i] for i in members]
-            if packed:
-                batch = {key: value.to(self.device) for key, value in pack_rows(ids, [0] * len(ids), pad).items()}
-                rewards = forward_rows(self.model, batch, need_rewards=True, need_logps=False)[0].float().cpu().tolist()
-            else:
-                rewards = score_sequences(self.model, ids, [0] * len(ids), len(ids), pad, self.tokenizer.padding_side)
-                rewards = rewards["rewards"].tolist()
+            units = [groups[g] for g in order[start : start + count]]
+            members = [i for unit in units for i in unit]
+            local = iter(range(len(members)))
+            batch = lay_out_rows(
+                [sequences[i] for i in members],
+                [0] * len(members),
+                [[next(local) for _ in unit] for unit in units],
+                pad,
+                pack=packed,
+            )
+            batch = {key: value.to(self.device) for key, value in batch.items()}
+            rewards = forward_rows(self.model, batch, need_rewards=True, need_logps=False)[0].float().cpu().tolist()
             for i, value in zip(members, rewards):
                 values[i] = value
             start += count

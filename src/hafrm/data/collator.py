@@ -75,6 +75,12 @@ def common_prefix(sequences: list[list[int]]) -> int:
     return max(limit, 0)
 
 
+def unit_tokens(sequences: list[list[int]]) -> int:
+    """Tokens one unit of these sequences takes in `lay_out_rows`: their common prefix once, then each one's own."""
+    k = common_prefix(sequences)
+    return k + sum(len(ids) - k for ids in sequences)
+
+
 def lay_out_rows(
     sequences: list[list[int]],
     prompt_lengths: list[int],
