@@ -9,10 +9,16 @@ Each server is its own process on a free loopback port, started from this script
   plain-loop       the same FastAPI app, its model call replaced by a loop of
                    AutoModelForSequenceClassification over one text at a time (the `hafrm export`
                    of the run, or the run itself when it holds full weights)
-Clients post `/get_reward` with one query each (a rollout: prompt + response with the chat template,
-taken from the shared HH-harmless pairs, chosen then rejected), a fixed number of requests per
-concurrency level, after a short warm-up. Printed per server and concurrency: requests/s, texts/s,
-p50 / p99 latency, the server's resident memory before and after the run and its peak.
+Clients post `/get_reward` with G queries each (`--group-size`, default 1,4,8): a rollout group, the G full
+texts (prompt + response with the chat template) of one prompt, as GRPO / RLOO send them; G = 1 is one text per
+request. Prompts and responses come from the preference pairs (default: the shared HH-harmless pairs;
+`--data builtin:test` for the built-in set's lengths): each request takes the next prompt and the next G responses of the
+pool. A fixed number of requests per group size and concurrency level, after a short warm-up. Printed per
+server, group size and concurrency: requests/s, texts/s, p50 / p99 latency, the server's resident memory
+before and after the run and its peak; per group size, the token bound of grouping, (P + G·R) / (G·(P + R))
+summed over the traffic (P a group's shared tokens, R a text's own); and the batched server's texts/s over the
+unbatched one's. A tiny model (`--model` a run of one: tests/conftest's, or any small run) times the server's
+own path, where the model costs almost nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ def parse_args(argv=None):
     parser.add_argument("--data", default=None, help="preference file (default: the shared HH-harmless pairs)")
     parser.add_argument("--requests", type=int, default=64, help="requests per server and concurrency level")
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--group-size", default="1,4,8", help="texts per request: one prompt's G completions")
     parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -100,20 +107,39 @@ def serve(opts) -> None:
 # ---- the clients --------------------------------------------------------------------------------------
 
 
-def rollout_texts(data: str, model: str, count: int) -> list[str]:
+def rollout_requests(data: str, model: str, count: int, group_size: int) -> list[list[str]]:
+    """`count` requests of `group_size` full texts each: one prompt of the pairs with the pool's next responses."""
     from transformers import AutoTokenizer
 
     from hafrm.data import read_pairs
 
     tokenizer = AutoTokenizer.from_pretrained(model)
-    texts = []
-    for pair in read_pairs(data, skip_bad_rows=True):
-        for response in (pair.chosen, pair.rejected):
-            messages = as_messages(pair.prompt, "user") + as_messages(response, "assistant")
+    pairs = read_pairs(data, skip_bad_rows=True)
+    responses = [response for pair in pairs for response in (pair.chosen, pair.rejected)]
+    requests = []
+    for index in range(count):
+        prompt = pairs[index % len(pairs)].prompt
+        texts = []
+        for member in range(group_size):
+            response = responses[(index * group_size + member) % len(responses)]
+            messages = as_messages(prompt, "user") + as_messages(response, "assistant")
             texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
-        if len(texts) >= count:
-            return texts[:count]
-    return texts
+        requests.append(texts)
+    return requests
+
+
+def token_bound(requests: list[list[str]], model: str, max_length: int) -> tuple[int, int]:
+    """(tokens with each request's shared prefix once, tokens of every text in full), as the server tokenises."""
+    from hafrm.data.collator import unit_tokens
+    from hafrm.scoring import RewardModel
+
+    head = RewardModel(model, max_length)
+    grouped = plain = 0
+    for texts in requests:
+        ids = [head.encode_one(text, "text").ids for text in texts]
+        grouped += unit_tokens(ids)
+        plain += sum(len(one) for one in ids)
+    return grouped, plain
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
@@ -122,20 +148,22 @@ def memory_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-async def load(url: str, texts: list[str], concurrency: int) -> list[float]:
+async def load(url: str, requests: list[list[str]], concurrency: int) -> list[float]:
     import httpx
 
     latencies, gate = [], asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
 
-        async def one(text):
+        async def one(texts):
             async with gate:
                 started = time.perf_counter()
-                reply = await client.post("/get_reward", json={"query": [text]})
+                reply = await client.post("/get_reward", json={"query": texts})
                 reply.raise_for_status()
+                if len(reply.json()["rewards"]) != len(texts):
+                    raise SystemExit(f"{url}: {len(texts)} texts sent, {len(reply.json()['rewards'])} rewards back")
                 latencies.append(time.perf_counter() - started)
 
-        await asyncio.gather(*(one(text) for text in texts))
+        await asyncio.gather(*(one(texts) for texts in requests))
     return latencies
 
 
@@ -162,41 +190,64 @@ def start_server(name: str, opts) -> tuple[subprocess.Popen, str]:
 
 
 def measure(opts) -> list[dict]:
-    texts = rollout_texts(opts.data or default_data(), opts.model, opts.requests)
+    data = opts.data or default_data()
+    sizes = [int(g) for g in opts.group_size.split(",")]
+    traffic = {g: rollout_requests(data, opts.model, opts.requests, g) for g in sizes}
+    bounds = {g: token_bound(traffic[g], opts.model, opts.max_length) for g in sizes}
     rows = []
     for name in opts.servers.split(","):
         process, url = start_server(name, opts)
         try:
-            asyncio.run(load(url, texts[:8], 8))  # warm-up: first calls allocate
-            for concurrency in (int(c) for c in opts.concurrency.split(",")):
-                before, _ = memory_mb(process.pid)
-                started = time.perf_counter()
-                latencies = asyncio.run(load(url, texts, concurrency))
-                seconds = time.perf_counter() - started
-                after, peak = memory_mb(process.pid)
-                cuts = sorted(latencies)
-                row = {
-                    "server": name, "concurrency": concurrency, "requests": len(texts),
-                    "requests_per_s": len(texts) / seconds, "texts_per_s": len(texts) / seconds,
-                    "p50_s": statistics.median(cuts), "p99_s": cuts[min(len(cuts) - 1, int(0.99 * len(cuts)))],
-                    "rss_before_mb": before, "rss_after_mb": after, "peak_rss_mb": peak,
-                }  # fmt: skip
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+            asyncio.run(load(url, traffic[sizes[0]][:8], 8))  # warm-up: first calls allocate
+            for g in sizes:
+                for concurrency in (int(c) for c in opts.concurrency.split(",")):
+                    before, _ = memory_mb(process.pid)
+                    started = time.perf_counter()
+                    latencies = asyncio.run(load(url, traffic[g], concurrency))
+                    seconds = time.perf_counter() - started
+                    after, peak = memory_mb(process.pid)
+                    cuts = sorted(latencies)
+                    row = {
+                        "server": name, "group_size": g, "concurrency": concurrency, "requests": len(traffic[g]),
+                        "texts": len(traffic[g]) * g, "requests_per_s": len(traffic[g]) / seconds,
+                        "texts_per_s": len(traffic[g]) * g / seconds,
+                        "p50_s": statistics.median(cuts), "p99_s": cuts[min(len(cuts) - 1, int(0.99 * len(cuts)))],
+                        "rss_before_mb": before, "rss_after_mb": after, "peak_rss_mb": peak,
+                        "grouped_tokens": bounds[g][0], "plain_tokens": bounds[g][1],
+                    }  # fmt: skip
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
         finally:
             process.terminate()
             process.wait(timeout=60)
     return rows
 
 
+def ratios(rows: list[dict]) -> list[str]:
+    """Per group size and concurrency: the batched server's texts/s over the unbatched one's; the token bound."""
+    by_key = {(row["server"], row["group_size"], row["concurrency"]): row for row in rows}
+    lines = []
+    for (server, g, concurrency), row in by_key.items():
+        other = by_key.get(("hafrm-unbatched", g, concurrency))
+        if server != "hafrm-batched" or other is None:
+            continue
+        bound = row["plain_tokens"] / row["grouped_tokens"]
+        lines.append(
+            f"G={g} concurrency {concurrency}: batched / unbatched texts/s {row['texts_per_s'] / other['texts_per_s']:.2f}"
+            f" (token bound of grouping {bound:.2f}x: {row['grouped_tokens']} of {row['plain_tokens']} tokens run)"
+        )
+    return lines
+
+
 def table(rows: list[dict]) -> str:
     lines = [
-        "| server | concurrency | requests/s | texts/s | p50 s | p99 s | RSS before → after MiB | peak MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| server | G | concurrency | requests/s | texts/s | p50 s | p99 s | RSS before → after MiB | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['server']} | {row['concurrency']} | {row['requests_per_s']:.2f} | {row['texts_per_s']:.2f} | "
+            f"| {row['server']} | {row['group_size']} | {row['concurrency']} | {row['requests_per_s']:.2f} | "
+            f"{row['texts_per_s']:.2f} | "
             f"{row['p50_s']:.3f} | {row['p99_s']:.3f} | {row['rss_before_mb']:.0f} → {row['rss_after_mb']:.0f} | "
             f"{row['peak_rss_mb']:.0f} |"
         )
@@ -215,6 +266,7 @@ def main(argv=None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     rows = measure(opts)
     print("\n" + table(rows))
+    print("\n".join(["", *ratios(rows)]))
     if opts.json:
         Path(opts.json).write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -79,14 +79,24 @@ def test_serve_benchmark_loads_every_server(tiny_model, pairs_file, tmp_path):
     out = run(
         "serve.py",
         *("--model", str(run_dir), "--data", str(pairs_file), "--requests", "6", "--concurrency", "1,3"),
-        *("--max-length", "96", "--json", str(report)),
+        *("--group-size", "1,3", "--max-length", "96", "--json", str(report)),
     )
     rows = json.loads(report.read_text())
-    assert [(row["server"], row["concurrency"]) for row in rows] == [
-        (server, concurrency) for server in ("hafrm-batched", "hafrm-unbatched", "plain-loop") for concurrency in (1, 3)
+    assert [(row["server"], row["group_size"], row["concurrency"]) for row in rows] == [
+        (server, g, concurrency)
+        for server in ("hafrm-batched", "hafrm-unbatched", "plain-loop")
+        for g in (1, 3)
+        for concurrency in (1, 3)
     ]
-    assert all(row["requests"] == 6 and row["texts_per_s"] > 0 and row["p99_s"] >= row["p50_s"] for row in rows)
-    assert "| hafrm-batched | 3 |" in out
+    assert all(row["requests"] == 6 and row["texts"] == 6 * row["group_size"] for row in rows)
+    assert all(row["texts_per_s"] > 0 and row["p99_s"] >= row["p50_s"] for row in rows)
+    singles = {row["grouped_tokens"] - row["plain_tokens"] for row in rows if row["group_size"] == 1}
+    assert singles == {0}  # one text per request: nothing to share
+    grouped = [row for row in rows if row["group_size"] == 3]
+    assert all(row["grouped_tokens"] < row["plain_tokens"] for row in grouped)  # a group's prompt counted once
+    assert "| hafrm-batched | 3 | 3 |" in out
+    assert re.search(r"^G=3 concurrency 3: batched / unbatched texts/s [\d.]+ \(token bound of grouping [\d.]+x",
+                     out, re.MULTILINE)  # fmt: skip
 
 
 def test_gpu_script_runs_end_to_end_at_toy_sizes(tiny_model, pairs_file, tmp_path):
