@@ -32,7 +32,7 @@ LAYERS = [
     # reading, normalising, tokenising and collating pairs: imports nothing of hafrm outside data/
     ("data", ["data", "data.*"]),
     # the network and what is computed from it: forward, row layouts, freezing, reference log-probs, load/save
-    ("model", "model layout inference finetune prefix_cache reference checkpoint modelcard".split()),
+    ("model", "model layout inference prefix_scoring finetune prefix_cache reference checkpoint modelcard".split()),
     # checks of settings and inputs before anything runs (preflight reads a run's checkpoint config)
     ("checks", ["validation", "preflight"]),
     # one batch -> loss, the Trainer subclass, the training entry point

@@ -23,11 +23,11 @@ def rollout_texts() -> list[str]:
 
 @pytest.fixture(scope="module")
 def grouped_runs(reward_runs, tiny_model, pairs_file, train_run, tmp_path_factory):
-    """A full rm run (reward_runs) and a LoRA haf run trained packed, 2 steps each."""
+    """A full rm run trained packed (reward_runs) and a LoRA haf run trained padded, 2 steps each."""
     root = tmp_path_factory.mktemp("grouped")
     lora = train_run(tiny_model, pairs_file, root / "lora-haf", "--method", "haf", "--finetune", "lora",
-                     "--packing", "--max-steps", "2", "--val-fraction", "0")  # fmt: skip
-    return {"full rm": reward_runs["rm"], "lora haf packed": lora}
+                     "--no-packing", "--max-steps", "2", "--val-fraction", "0")  # fmt: skip
+    return {"full rm": reward_runs["rm"], "lora haf padded": lora}
 
 
 def test_full_texts_that_share_a_prefix_are_grouped_and_others_are_not():
@@ -41,42 +41,51 @@ def test_full_texts_that_share_a_prefix_are_grouped_and_others_are_not():
     assert prompt_groups([[1, 2, 3], [1, 2, 4], [1, 5]], [2, 2, 1]) == [[0, 1], [2]]
 
 
-@pytest.mark.parametrize("run", ["full rm", "lora haf packed"])
+def record_cached(monkeypatch) -> list:
+    """The groups each call of `prefix_scoring.cached_prefix_rewards` gets, as token-id lists."""
+    from hafrm import prefix_scoring
+
+    calls, real = [], prefix_scoring.cached_prefix_rewards
+
+    def recording(model, sequences, groups, pad):
+        calls.append([[sequences[i] for i in group] for group in groups])
+        return real(model, sequences, groups, pad)
+
+    monkeypatch.setattr(prefix_scoring, "cached_prefix_rewards", recording)
+    return calls
+
+
+@pytest.mark.parametrize("run", ["full rm", "lora haf padded"])
 def test_server_passes_score_rollout_groups_once_and_exactly(grouped_runs, run, monkeypatch):
     model = RewardModel(grouped_runs[run])
     ids = [model.encode_one(text, f"text {i}").ids for i, text in enumerate(rollout_texts())]
     alone = [model.rewards_in_passes([one], [0])[0] for one in ids]
-    calls = []
+    model.rewards_in_passes(ids, [0] * len(ids))  # the first grouped call checks the model once (two texts)
+    calls = record_cached(monkeypatch)
+    plain = []
     real = scoring.forward_rows
-
-    def recording(net, batch, **heads):
-        calls.append({"tokens": int((batch["sequence_ids"] >= 0).sum()), "grouped": "group_ids" in batch})
-        return real(net, batch, **heads)
-
-    monkeypatch.setattr(scoring, "forward_rows", recording)
+    monkeypatch.setattr(scoring, "forward_rows", lambda net, b, **h: plain.append(1) or real(net, b, **h))
     grouped = model.rewards_in_passes(ids, [0] * len(ids))
     assert grouped == pytest.approx(alone, abs=1e-5, rel=1e-5)
-    assert len(calls) == 1 and calls[0]["grouped"]
-    groups = prompt_groups(ids, [0] * len(ids))
-    assert sorted(len(group) for group in groups) == [1, 5, 5]
-    laid_out = sum(unit_tokens([ids[i] for i in group]) for group in groups)
-    assert calls[0]["tokens"] == laid_out  # each group's shared tokens once
-    saved = sum(len(one) for one in ids) - laid_out
-    assert saved >= 2 * 4 * MIN_SHARED_PREFIX  # two groups of 5: four copies of a 16+ token prompt each
+    # one pass for both groups (their prefixes once each), the lone text in a pass of its own
+    assert len(calls) == 1 and sorted(len(group) for group in calls[0]) == [5, 5]
+    assert all(unit_tokens(group) < sum(len(one) for one in group) - 4 * MIN_SHARED_PREFIX for group in calls[0])
+    assert {tuple(one) for group in calls[0] for one in group} == {tuple(one) for one in ids[:-1]}
+    assert len(plain) == (1 if model.run["packing"] else 0)  # padded passes go through inference.score_sequences
 
 
-def test_a_model_whose_attention_fails_the_check_is_scored_row_by_row(grouped_runs, monkeypatch):
+def test_a_model_whose_cache_fails_the_check_is_scored_without_sharing(grouped_runs, monkeypatch, capsys):
+    from hafrm import prefix_scoring
+    from hafrm.model import unwrap
+
     model = RewardModel(grouped_runs["full rm"])
     ids = [model.encode_one(text, f"text {i}").ids for i, text in enumerate(rollout_texts())]
     alone = [model.rewards_in_passes([one], [0])[0] for one in ids]
-    monkeypatch.setattr(scoring, "shared_rows_verified", lambda *args, **kwargs: False)
-    layouts = []
-    real = scoring.forward_rows
-    monkeypatch.setattr(
-        scoring, "forward_rows", lambda net, batch, **h: layouts.append("group_ids" in batch) or real(net, batch, **h)
-    )
+    monkeypatch.setattr(prefix_scoring, "cached_prefix_error", lambda *args: 1.0)  # as a model that ignores it would
+    monkeypatch.delattr(unwrap(model.model), "_hafrm_cached_prefix_verified", raising=False)
+    calls = record_cached(monkeypatch)
     assert model.rewards_in_passes(ids, [0] * len(ids)) == pytest.approx(alone, abs=1e-5, rel=1e-5)
-    assert layouts == [False]
+    assert calls == [] and "note: prefix caching off: LlamaForCausalLM" in capsys.readouterr().out
 
 
 def test_texts_cut_to_max_length_keep_their_rewards_when_grouped(grouped_runs):
@@ -90,17 +99,38 @@ def test_texts_cut_to_max_length_keep_their_rewards_when_grouped(grouped_runs):
 
 
 def test_the_in_process_path_groups_prompt_and_response_items(grouped_runs, monkeypatch):
-    model = RewardModel(grouped_runs["lora haf packed"])
+    model = RewardModel(grouped_runs["lora haf padded"])
     items = [(prompt, completion) for prompt in PROMPTS for completion in COMPLETIONS]
     alone = [model.score([item])[0] for item in items]
-    batches = []
-    from hafrm import inference
-
-    real_forward = inference.forward_rows
-    monkeypatch.setattr(
-        inference,
-        "forward_rows",
-        lambda net, b, *a, **k: batches.append("group_ids" in b) or real_forward(net, b, *a, **k),
-    )
+    model.score(items[:2])  # the check, once per model
+    calls = record_cached(monkeypatch)
     assert model.score(items) == pytest.approx(alone, abs=1e-5, rel=1e-5)
-    assert batches and all(batches)
+    assert len(calls) == 1 and sorted(len(group) for group in calls[0]) == [5, 5]
+
+
+# --- the server's batcher: waits only for requests on their way -----------------------------------------------
+
+
+def test_a_batch_runs_at_once_when_nothing_is_coming_and_waits_for_what_is():
+    import asyncio
+
+    from hafrm.serve import Batcher, Metrics
+
+    async def scenario(coming_flag: list[bool]) -> list[int]:
+        batcher = Batcher(None, max_tokens=10_000, max_wait_s=3600, enabled=True, metrics=Metrics(),
+                          coming=lambda: coming_flag[0])  # fmt: skip
+        loop = asyncio.get_running_loop()
+        await batcher.queue.put(([([1, 2, 3], 0)], loop.create_future(), None))
+
+        async def late_request():
+            await asyncio.sleep(0.05)
+            await batcher.queue.put(([([4, 5], 0)], loop.create_future(), None))
+            coming_flag[0] = False
+
+        late = asyncio.ensure_future(late_request())
+        jobs = await asyncio.wait_for(batcher._collect(), timeout=30)  # an hour's wait would fail here
+        await late
+        return [len(job[0][0][0]) for job in jobs]
+
+    assert asyncio.run(scenario([False])) == [3]  # alone: runs without waiting for the late one
+    assert asyncio.run(scenario([True])) == [3, 2]  # one on its way: the batch waits for it

@@ -246,7 +246,10 @@ class ServeConfig:
     normalize: bool = _help("rewards as (r - mean) / std with the run's stored moments", default=False)
     batching: bool = _help("score queued requests together (off: one model call per request)", default=True)
     max_batch_tokens: int = _help("padded tokens in one model call (texts x longest)", default=16384)
-    max_wait_ms: float = _help("how long a batch waits for more requests before it runs", default=5.0)
+    max_wait_ms: float = _help(
+        "how long a batch waits for requests still being encoded before it runs (none on their way: no wait)",
+        default=5.0,
+    )
     pass_tokens: int = _help(
         "padded tokens per forward pass: a batch runs longest first in passes of this size (less padding)",
         default=4096,

@@ -35,12 +35,10 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_base_model, load_trained, run_tokenizer
-from .data.collator import unit_tokens
 from .data.templates import encode_responses, encode_text
 from .data.tokenize import fit_to_length
 from .devices import to_scoring_device
-from .inference import score_sequences
-from .layout import shared_rows_verified
+from .inference import SHARED_UNIT_TOKENS, score_sequences
 from .losses import PolicyLogps, implicit_rewards, needs_reference
 from .model import forward_rows
 from .reference import adapters_disabled, cached_reference_logps
@@ -230,7 +228,7 @@ class RewardModel:
             return self._classifier(sequences, desc)
         if self.kind == "implicit reward":
             return self.implicit_rewards(sequences, prompt_lengths, desc)
-        return self.sequence_scores(sequences, prompt_lengths, desc=desc)["rewards"].tolist()
+        return self.rewards_in_passes(sequences, prompt_lengths, SHARED_UNIT_TOKENS)
 
     def sequence_scores(
         self,
@@ -350,54 +348,83 @@ class RewardModel:
     def rewards_in_passes(
         self, sequences: list[list[int]], prompt_lengths: list[int], pass_tokens: int = 4096, stop=None
     ) -> list[float]:
-        """Rewards in input order for the server's batches (texts of many requests), in passes of about
-        `pass_tokens` tokens, largest first. A reward head's texts that share their leading tokens (one prompt's
-        responses, a rollout group's full texts: `inference.prompt_groups`) are one unit whose shared tokens run
-        once, each member's own tokens seeing them and itself (checked once per model to score as padded rows,
-        else the plain layout); a unit is a row, rows as wide as the pass's largest unit, or, where the run
-        trained packed, units laid end to end in such rows. Other kinds by `rewards`, where the prompt lengths
-        place an implicit reward's response. `stop()`, asked before each pass of a reward head, True:
-        `ScoringStopped` (nobody waits for these rewards any more)."""
-        from .data.collator import lay_out_rows
+        """Rewards in input order, in passes of about `pass_tokens` tokens, largest first: what the server's batches
+        (texts of many requests), `hafrm score` and the RL reward function run.
+
+        A reward head's texts that share their leading tokens (one prompt's responses, a rollout group's full
+        texts: `inference.prompt_groups`) run those tokens once into a KV cache that every member's own tokens
+        attend to (`prefix_scoring`, checked once per model to score as padded rows, else no sharing); the other
+        texts run packed end to end in rows as wide as the longest where the run trained packed, else padded to
+        each pass's longest. Other kinds by `rewards`, where the prompt lengths place an implicit reward's
+        response. `stop()`, asked before each pass of a reward head, True: `ScoringStopped` (nobody waits for
+        these rewards any more)."""
         from .inference import prompt_groups
+        from .prefix_scoring import cached_prefix_rewards, cached_prefix_verified
 
         if self.kind != "reward head":
             return self.rewards(sequences, prompt_lengths)
+        groups = prompt_groups(sequences, prompt_lengths, max_tokens=pass_tokens) if self.share_prompts else []
+        shared = [group for group in groups if len(group) > 1]
+        if shared and not cached_prefix_verified(self.model, sequences, shared):
+            shared = []
+        in_groups = {i for group in shared for i in group}
+        values = [0.0] * len(sequences)
+        pad = self.tokenizer.pad_token_id
+        # every member costs its whole length in a pass: its own tokens and its gathered copy of the prefix cache
+        cost = {id(group): sum(len(sequences[i]) for i in group) for group in shared}
+        shared.sort(key=lambda group: -cost[id(group)])
+        done = 0
+        while shared:
+            if stop is not None and stop():
+                raise ScoringStopped(f"stopped after {done} of {len(sequences)} texts: nobody waits for their rewards")
+            count, tokens = 0, 0
+            for group in shared:
+                if count and tokens + cost[id(group)] > pass_tokens:
+                    break
+                count, tokens = count + 1, tokens + cost[id(group)]
+            units, shared = shared[:count], shared[count:]
+            local, members = iter(range(sum(len(unit) for unit in units))), [i for unit in units for i in unit]
+            rewards = cached_prefix_rewards(
+                self.model, [sequences[i] for i in members], [[next(local) for _ in unit] for unit in units], pad
+            ).tolist()
+            for i, value in zip(members, rewards):
+                values[i] = value
+            done += len(members)
+        rest = [i for i in range(len(sequences)) if i not in in_groups]
+        for i, value in zip(rest, self._plain_passes([sequences[i] for i in rest], pass_tokens, stop, done)):
+            values[i] = value
+        return values  # raw: callers normalise with `normalized` where they ask for it
+
+    def _plain_passes(self, sequences: list[list[int]], pass_tokens: int, stop, done: int) -> list[float]:
+        """A reward head's rewards of texts that share nothing: longest first, packed where the run trained packed."""
+        from .data.collator import pack_rows
+
         packed = bool(self.run.get("packing"))
         pad = self.tokenizer.pad_token_id
-        singles = [[i] for i in range(len(sequences))]
-        groups = prompt_groups(sequences, prompt_lengths, max_tokens=pass_tokens) if self.share_prompts else singles
-        if any(len(group) > 1 for group in groups) and not shared_rows_verified(
-            self.model, sequences, prompt_lengths, groups, need_rewards=True, need_logps=False
-        ):
-            groups = singles
-        sizes = [unit_tokens([sequences[i] for i in group]) for group in groups]
-        order = sorted(range(len(groups)), key=lambda g: -sizes[g])
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
         values = [0.0] * len(sequences)
         start = 0
         while start < len(order):
             if stop is not None and stop():
-                done = sum(len(groups[g]) for g in order[:start])
-                raise ScoringStopped(f"stopped after {done} of {len(sequences)} texts: nobody waits for their rewards")
-            widest = sizes[order[start]]
+                total = done + len(sequences)
+                raise ScoringStopped(f"stopped after {done + start} of {total} texts: nobody waits for their rewards")
+            longest = len(sequences[order[start]])
             count, tokens = 0, 0
-            for g in order[start:]:  # packed: real tokens count; one unit per row: every unit costs the widest
-                cost = sizes[g] if packed else widest
-                if count and tokens + cost > max(pass_tokens, widest):
+            for i in order[start:]:  # packed: real tokens count; padded: every text costs the longest
+                cost = len(sequences[i]) if packed else longest
+                if count and tokens + cost > max(pass_tokens, longest):
                     break
                 count, tokens = count + 1, tokens + cost
-            units = [groups[g] for g in order[start : start + count]]
-            members = [i for unit in units for i in unit]
-            local = iter(range(len(members)))
-            batch = lay_out_rows(
-                [sequences[i] for i in members],
-                [0] * len(members),
-                [[next(local) for _ in unit] for unit in units],
-                pad,
-                pack=packed,
-            )
-            batch = {key: value.to(self.device) for key, value in batch.items()}
-            rewards = forward_rows(self.model, batch, need_rewards=True, need_logps=False)[0].float().cpu().tolist()
+            members = order[start : start + count]
+            ids = [sequences[i] for i in members]
+            if packed:
+                batch = {key: value.to(self.device) for key, value in pack_rows(ids, [0] * len(ids), pad).items()}
+                rewards = forward_rows(self.model, batch, need_rewards=True, need_logps=False)[0].float().cpu().tolist()
+            else:
+                rewards = score_sequences(
+                    self.model, ids, [0] * len(ids), len(ids), pad, self.tokenizer.padding_side, share_prompts=False
+                )
+                rewards = rewards["rewards"].tolist()
             for i, value in zip(members, rewards):
                 values[i] = value
             start += count

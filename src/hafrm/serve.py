@@ -106,14 +106,20 @@ class Metrics:
 class Batcher:
     """Requests queue here; one task scores them together, up to `max_tokens` padded tokens or `max_wait_s`.
 
+    A batch waits for more requests only while some are on their way (accepted and being encoded); with none
+    queued and none coming it runs at once, so a lone client pays no wait. Requests that arrive while a batch
+    runs queue up and form the next one.
+
     Each request's texts go in and come out as one slice of the batch, so replies never mix. A job whose
     request was given up (its future cancelled: the client left or timed out) is skipped, never scored, and a
     model call whose every request was given up stops at its next forward pass.
     """
 
-    def __init__(self, score, max_tokens: int, max_wait_s: float, enabled: bool, metrics: Metrics):
+    def __init__(self, score, max_tokens: int, max_wait_s: float, enabled: bool, metrics: Metrics, coming=None):
         self.score, self.max_tokens, self.max_wait_s, self.enabled = score, max_tokens, max_wait_s, enabled
         self.metrics = metrics
+        # requests accepted and still being encoded: the only ones worth waiting `max_wait_s` for
+        self.coming = coming or (lambda: False)
         self.queue: asyncio.Queue = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1)  # one model call at a time, off the event loop
         self._held = None  # a request that did not fit the last batch: it opens the next one
@@ -138,6 +144,8 @@ class Batcher:
             return jobs
         deadline = asyncio.get_running_loop().time() + self.max_wait_s
         while self._padded(jobs) < self.max_tokens:
+            if self.queue.empty() and not self.coming():
+                break  # nothing queued and nothing on its way: waiting would only delay this batch
             remaining = deadline - asyncio.get_running_loop().time()
             try:
                 job = self.queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self.queue.get(), remaining)
@@ -201,7 +209,10 @@ class RewardService:
             ids, prompt_lengths = zip(*flat)
             return head.rewards_in_passes(list(ids), list(prompt_lengths), cfg.pass_tokens, stop=stop)
 
-        self.batcher = Batcher(score, cfg.max_batch_tokens, cfg.max_wait_ms / 1000, cfg.batching, metrics)
+        def coming() -> bool:
+            return any(work.encoding for work in self.in_flight.works)
+
+        self.batcher = Batcher(score, cfg.max_batch_tokens, cfg.max_wait_ms / 1000, cfg.batching, metrics, coming)
 
     def encode(self, prompt, texts: list, where: str, work, chars: int):
         """In a worker thread: texts (responses to `prompt`, or full texts when it is None) -> ((token ids, prompt
