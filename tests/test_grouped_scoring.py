@@ -8,9 +8,14 @@ from hafrm.data.collator import unit_tokens
 from hafrm.inference import MIN_SHARED_PREFIX, prompt_groups
 from hafrm.scoring import RewardModel
 
+# Every text opens with this, as a chat template's system prompt opens every rollout: it must not merge the groups
+PREAMBLE = (
+    "System: you are a careful assistant. Answer the user's request exactly as asked, and say nothing else. "
+    "Keep to the form the user gives, count what they ask you to count, and never add a greeting or a note. "
+)
 PROMPTS = [
-    "Write one sentence about the sea, in lower case, without the letter z, and end it with a full stop. ",
-    "List three colours that are also fruits; put each on its own line and do not number the lines. ",
+    PREAMBLE + "User: Write one sentence about the sea, in lower case, without the letter z, ending with a full stop. ",
+    PREAMBLE + "User: List three colours that are also fruits; put each on its own line and do not number the lines. ",
 ]
 COMPLETIONS = ["the sea is wide.", "Orange\nLime\nPeach", "blue and grey and green", "x", "the waves come in."]
 
@@ -35,8 +40,8 @@ def test_full_texts_that_share_a_prefix_are_grouped_and_others_are_not():
     texts = [prompt + [1, 2], [7] * 30, prompt + [3], prompt[:-1] + [9, 9], prompt + [4, 5, 6]]
     assert prompt_groups(texts, [0] * len(texts)) == [[0, 2, 4], [1], [3]]  # 3 shares only 15 tokens
     assert prompt_groups(texts, [0] * len(texts), min_shared=MIN_SHARED_PREFIX - 1) == [[0, 2, 3, 4], [1]]
-    # the token budget splits a group: prefix 16 once, then 2 + 1 + 3 own tokens
-    assert prompt_groups(texts, [0] * len(texts), max_tokens=19) == [[0, 2], [4], [1], [3]]
+    # the token budget splits a group: the prefix once, then 2 + 1 (+ 3: past the budget) own tokens
+    assert prompt_groups(texts, [0] * len(texts), max_tokens=MIN_SHARED_PREFIX + 3) == [[0, 2], [4], [1], [3]]
     # items with a prompt length group by their prompt, as before
     assert prompt_groups([[1, 2, 3], [1, 2, 4], [1, 5]], [2, 2, 1]) == [[0, 1], [2]]
 
@@ -57,7 +62,7 @@ def record_cached(monkeypatch) -> list:
 
 @pytest.mark.parametrize("run", ["full rm", "lora haf padded"])
 def test_server_passes_score_rollout_groups_once_and_exactly(grouped_runs, run, monkeypatch):
-    model = RewardModel(grouped_runs[run])
+    model = RewardModel(grouped_runs[run], max_length=256)
     ids = [model.encode_one(text, f"text {i}").ids for i, text in enumerate(rollout_texts())]
     alone = [model.rewards_in_passes([one], [0])[0] for one in ids]
     model.rewards_in_passes(ids, [0] * len(ids))  # the first grouped call checks the model once (two texts)
@@ -71,6 +76,8 @@ def test_server_passes_score_rollout_groups_once_and_exactly(grouped_runs, run, 
     assert len(calls) == 1 and sorted(len(group) for group in calls[0]) == [5, 5]
     assert all(unit_tokens(group) < sum(len(one) for one in group) - 4 * MIN_SHARED_PREFIX for group in calls[0])
     assert {tuple(one) for group in calls[0] for one in group} == {tuple(one) for one in ids[:-1]}
+    preamble = len(model.encode_one(PREAMBLE, "preamble").ids)
+    assert preamble > MIN_SHARED_PREFIX  # every text but the lone one shares it, yet the two prompts stay apart
     assert len(plain) == (1 if model.run["packing"] else 0)  # padded passes go through inference.score_sequences
 
 
@@ -78,7 +85,7 @@ def test_a_model_whose_cache_fails_the_check_is_scored_without_sharing(grouped_r
     from hafrm import prefix_scoring
     from hafrm.model import unwrap
 
-    model = RewardModel(grouped_runs["full rm"])
+    model = RewardModel(grouped_runs["full rm"], max_length=256)
     ids = [model.encode_one(text, f"text {i}").ids for i, text in enumerate(rollout_texts())]
     alone = [model.rewards_in_passes([one], [0])[0] for one in ids]
     monkeypatch.setattr(prefix_scoring, "cached_prefix_error", lambda *args: 1.0)  # as a model that ignores it would
@@ -88,18 +95,28 @@ def test_a_model_whose_cache_fails_the_check_is_scored_without_sharing(grouped_r
     assert calls == [] and "note: prefix caching off: LlamaForCausalLM" in capsys.readouterr().out
 
 
-def test_texts_cut_to_max_length_keep_their_rewards_when_grouped(grouped_runs):
-    model = RewardModel(grouped_runs["full rm"], max_length=40)
-    texts = [PROMPTS[0] * 3 + completion for completion in COMPLETIONS]  # longer than 40 tokens: every one is cut
+def test_long_texts_are_grouped_exactly_and_cut_ones_score_as_alone(grouped_runs, monkeypatch):
+    model = RewardModel(grouped_runs["full rm"], max_length=480)
+    texts = [PROMPTS[0] * 4 + completion * 12 for completion in COMPLETIONS]  # about 250-450 tokens each
     encoded = [model.encode_one(text, "long") for text in texts]
-    assert all(item.cut and len(item.ids) == 40 for item in encoded)
+    assert not any(item.cut for item in encoded) and max(len(item.ids) for item in encoded) > 300
     ids = [item.ids for item in encoded]
     alone = [model.rewards_in_passes([one], [0])[0] for one in ids]
+    model.rewards_in_passes(ids, [0] * len(ids))  # the check, once per model
+    calls = record_cached(monkeypatch)
     assert model.rewards_in_passes(ids, [0] * len(ids)) == pytest.approx(alone, abs=1e-5, rel=1e-5)
+    assert [len(group) for group in calls[0]] == [5]
+    # cut to 64 tokens, every text loses its start (the prompt's opening): what is left shares nothing
+    short = RewardModel(grouped_runs["full rm"], max_length=64)
+    cut = [short.encode_one(text, "long") for text in texts]
+    assert all(item.cut and len(item.ids) == 64 for item in cut)
+    alone = [short.rewards_in_passes([item.ids], [0])[0] for item in cut]
+    assert short.rewards_in_passes([item.ids for item in cut], [0] * len(cut)) == pytest.approx(alone, abs=1e-5)
+    assert len(calls) == 1
 
 
 def test_the_in_process_path_groups_prompt_and_response_items(grouped_runs, monkeypatch):
-    model = RewardModel(grouped_runs["lora haf padded"])
+    model = RewardModel(grouped_runs["lora haf padded"], max_length=256)
     items = [(prompt, completion) for prompt in PROMPTS for completion in COMPLETIONS]
     alone = [model.score([item])[0] for item in items]
     model.score(items[:2])  # the check, once per model

@@ -29,8 +29,9 @@ SHARED_UNIT_TOKENS = 4096
 
 
 # Full texts (no prompt length known: OpenRLHF's /get_reward, `hafrm score --text`) are grouped when they share at
-# least this many leading tokens: a rollout group's G completions of one prompt, sent as G whole texts.
-MIN_SHARED_PREFIX = 16
+# least this many leading tokens: a rollout group's G completions of one prompt, sent as G whole texts. (A chat
+# template's system prompt alone, shared by every text, is about 20-30 tokens: not worth a group of its own.)
+MIN_SHARED_PREFIX = 32
 
 
 def _shared_prefix(a: list[int], b: list[int]) -> int:
@@ -42,14 +43,19 @@ def _shared_prefix(a: list[int], b: list[int]) -> int:
 
 
 def _full_text_runs(sequences: list[list[int]], indices: list[int], min_shared: int) -> list[tuple[int, list[int]]]:
-    """Full texts -> (shared prefix length, members) runs: in token order, neighbours sharing >= min_shared tokens."""
+    """Full texts -> (shared prefix length, members) runs of neighbours in token order.
+
+    A text joins the run before it while the run then still shares `min_shared` tokens and the tokens it saves,
+    (members - 1) · shared prefix, do not fall: texts of one prompt stay together, and a prefix that every text
+    has (a system prompt) does not pull two prompts' groups into one.
+    """
     order = sorted(indices, key=lambda i: sequences[i])  # texts with a common prefix sit next to each other
     runs: list[tuple[int, list[int]]] = []
     for i in order:
         if runs:
             prefix, members = runs[-1]
             shared = min(prefix, _shared_prefix(sequences[members[-1]], sequences[i]))
-            if shared >= min_shared:
+            if shared >= min_shared and shared * len(members) >= prefix * (len(members) - 1):
                 runs[-1] = (shared, [*members, i])
                 continue
         runs.append((len(sequences[i]), [i]))

@@ -5,8 +5,9 @@
 
 Each group's common prefix (`data.collator.common_prefix`: its prompt, as a rule) runs once; then every
 member's own tokens run as one row that attends to its group's cached prefix and to itself. All groups of a
-call share two trunk passes: the prefixes right-padded in one batch, then the members right-padded in one
-batch against the prefixes' cache gathered per member (slots past a group's own prefix masked out).
+call share one trunk pass for the prefixes (right-padded in one batch), then the members run right-padded against
+the prefixes' cache gathered per member (slots past a group's own prefix masked out), in chunks of similar own
+length so that padding stays small.
 Attention costs each member R·(P + R) for its R own tokens and a P-token prefix: a batch costs what its
 tokens cost, where the shared-rows layout (`data.collator.lay_out_rows` under `masks.shared_attention_mask`)
 builds a (P + G·R)² mask per unit and attends over all of it. Exact against scoring each text alone up to
@@ -16,6 +17,8 @@ Reward heads only: the policy head's log-probs keep the shared-rows layout of tr
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -24,6 +27,10 @@ from .layout import layout_tolerance
 from .model import SCORE_HEAD, forward_rows, trunk_of, unwrap
 
 Tensor = torch.Tensor
+
+# members of one chunk of the second pass are at least this fraction of its longest member's own length: padding
+# stays under a quarter of a chunk's tokens
+LENGTH_BAND = 0.8
 
 
 @torch.no_grad()
@@ -50,33 +57,52 @@ def cached_prefix_rewards(model: nn.Module, sequences: list[list[int]], groups: 
     cache = trunk(
         input_ids=prefix_ids.to(device), attention_mask=prefix_mask.to(device), use_cache=True
     ).past_key_values
-    # 2. every member's own tokens, right-padded, against its group's prefix (the cache gathered per member)
+    # 2. every member's own tokens, right-padded, against its group's prefix (the cache gathered per member), in
+    # chunks of members of similar length (longest first, each within LENGTH_BAND of its chunk's longest)
     members = [(g, i) for g, group in enumerate(groups) for i in group]
-    owns = [sequences[i][prefixes[g] :] for g, i in members]
+    members.sort(key=lambda member: -len(sequences[member[1]]) + prefixes[member[0]])
+    out = torch.empty(len(sequences))
+    start = 0
+    while start < len(members):
+        widest = len(sequences[members[start][1]]) - prefixes[members[start][0]]
+        end = start + 1
+        while (
+            end < len(members) and len(sequences[members[end][1]]) - prefixes[members[end][0]] >= LENGTH_BAND * widest
+        ):
+            end += 1
+        chunk = members[start:end]
+        out[torch.tensor([i for _, i in chunk])] = _members_rewards(
+            trunk, score, cache, sequences, prefixes, max(prefixes), chunk, pad, device, last_chunk=end == len(members)
+        )
+        start = end
+    return out
+
+
+def _members_rewards(trunk, score, cache, sequences, prefixes, prefix_width, chunk, pad, device, last_chunk) -> Tensor:
+    """Rewards of one chunk of (group, index) members, each member's own tokens after its group's cached prefix."""
+    owns = [sequences[i][prefixes[g] :] for g, i in chunk]
     own_width = max(len(own) for own in owns)
-    cache.reorder_cache(torch.tensor([g for g, _ in members], device=device))
-    input_ids = torch.full((len(members), own_width), pad, dtype=torch.long)
-    attention_mask = torch.zeros((len(members), widest + own_width), dtype=torch.long)
-    position_ids = torch.zeros((len(members), own_width), dtype=torch.long)
-    for row, ((g, _), own) in enumerate(zip(members, owns)):
+    gathered = cache if last_chunk else copy.deepcopy(cache)  # reorder_cache gathers in place
+    gathered.reorder_cache(torch.tensor([g for g, _ in chunk], device=device))
+    input_ids = torch.full((len(chunk), own_width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(chunk), prefix_width + own_width), dtype=torch.long)
+    position_ids = torch.zeros((len(chunk), own_width), dtype=torch.long)
+    for row, ((g, _), own) in enumerate(zip(chunk, owns)):
         k = prefixes[g]
         input_ids[row, : len(own)] = torch.tensor(own)
         attention_mask[row, :k] = 1
-        attention_mask[row, widest : widest + len(own)] = 1
+        attention_mask[row, prefix_width : prefix_width + len(own)] = 1
         position_ids[row] = torch.arange(k, k + own_width)
     hidden = trunk(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
         position_ids=position_ids.to(device),
-        past_key_values=cache,
+        past_key_values=gathered,
         use_cache=False,
     ).last_hidden_state
     last = torch.tensor([len(own) - 1 for own in owns], device=device)
-    states = hidden[torch.arange(len(members), device=device), last]
-    rewards = score(states.to(next(score.parameters()).dtype)).squeeze(-1).float().cpu()
-    out = torch.empty(len(sequences))
-    out[torch.tensor([i for _, i in members])] = rewards
-    return out
+    states = hidden[torch.arange(len(chunk), device=device), last]
+    return score(states.to(next(score.parameters()).dtype)).squeeze(-1).float().cpu()
 
 
 def cached_prefix_error(model: nn.Module, sequences: list[list[int]], group: list[int]) -> float:
