@@ -6,6 +6,8 @@
 Each server is its own process on a free loopback port, started from this script:
   hafrm-batched    `hafrm serve` (requests queued and scored together, length-sorted, one model call)
   hafrm-unbatched  `hafrm serve --no-batching` (one model call per request)
+  hafrm-ungrouped  `hafrm serve --no-batching --no-share-prompts` (one call per request, every text in full: how
+                   the server scored a rollout group before grouping)
   plain-loop       the same FastAPI app, its model call replaced by a loop of
                    AutoModelForSequenceClassification over one text at a time (the `hafrm export`
                    of the run, or the run itself when it holds full weights)
@@ -37,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import as_messages, default_data  # noqa: E402
 
-SERVERS = ("hafrm-batched", "hafrm-unbatched", "plain-loop")
+SERVERS = ("hafrm-batched", "hafrm-unbatched", "hafrm-ungrouped", "plain-loop")
 
 
 def parse_args(argv=None):
@@ -98,7 +100,8 @@ def serve(opts) -> None:
 
     cfg = ServeConfig(model=opts.model, port=opts.port, max_length=opts.max_length)
     cfg.batching = opts.serve == "hafrm-batched"
-    head = RewardModel(opts.model, opts.max_length)
+    cfg.share_prompts = opts.serve != "hafrm-ungrouped"
+    head = RewardModel(opts.model, opts.max_length, share_prompts=cfg.share_prompts)
     if opts.serve == "plain-loop":
         head = ClassifierLoop(head)
     uvicorn.run(create_app(head, cfg), host="127.0.0.1", port=opts.port, log_level="warning")
@@ -228,12 +231,16 @@ def ratios(rows: list[dict]) -> list[str]:
     by_key = {(row["server"], row["group_size"], row["concurrency"]): row for row in rows}
     lines = []
     for (server, g, concurrency), row in by_key.items():
-        other = by_key.get(("hafrm-unbatched", g, concurrency))
-        if server != "hafrm-batched" or other is None:
+        if server != "hafrm-batched":
             continue
+        parts = [
+            f"batched / {other.split('-')[1]} texts/s {row['texts_per_s'] / by_key[key]['texts_per_s']:.2f}"
+            for other in ("hafrm-unbatched", "hafrm-ungrouped")
+            if (key := (other, g, concurrency)) in by_key
+        ]
         bound = row["plain_tokens"] / row["grouped_tokens"]
         lines.append(
-            f"G={g} concurrency {concurrency}: batched / unbatched texts/s {row['texts_per_s'] / other['texts_per_s']:.2f}"
+            f"G={g} concurrency {concurrency}: {'; '.join(parts) or 'no other server'}"
             f" (token bound of grouping {bound:.2f}x: {row['grouped_tokens']} of {row['plain_tokens']} tokens run)"
         )
     return lines

@@ -84,7 +84,7 @@ def test_serve_benchmark_loads_every_server(tiny_model, pairs_file, tmp_path):
     rows = json.loads(report.read_text())
     assert [(row["server"], row["group_size"], row["concurrency"]) for row in rows] == [
         (server, g, concurrency)
-        for server in ("hafrm-batched", "hafrm-unbatched", "plain-loop")
+        for server in ("hafrm-batched", "hafrm-unbatched", "hafrm-ungrouped", "plain-loop")
         for g in (1, 3)
         for concurrency in (1, 3)
     ]
@@ -95,7 +95,8 @@ def test_serve_benchmark_loads_every_server(tiny_model, pairs_file, tmp_path):
     grouped = [row for row in rows if row["group_size"] == 3]
     assert all(row["grouped_tokens"] < row["plain_tokens"] for row in grouped)  # a group's prompt counted once
     assert "| hafrm-batched | 3 | 3 |" in out
-    assert re.search(r"^G=3 concurrency 3: batched / unbatched texts/s [\d.]+ \(token bound of grouping [\d.]+x",
+    assert re.search(r"^G=3 concurrency 3: batched / unbatched texts/s [\d.]+; batched / ungrouped texts/s [\d.]+ "
+                     r"\(token bound of grouping [\d.]+x",
                      out, re.MULTILINE)  # fmt: skip
 
 

@@ -245,6 +245,9 @@ class ServeConfig:
     reject_long: bool = _help("refuse texts over max_length with 413 instead of truncating them", default=False)
     normalize: bool = _help("rewards as (r - mean) / std with the run's stored moments", default=False)
     batching: bool = _help("score queued requests together (off: one model call per request)", default=True)
+    share_prompts: bool = _help(
+        "texts that share 32+ leading tokens (one prompt's responses, a rollout group) run them once", default=True
+    )
     max_batch_tokens: int = _help("padded tokens in one model call (texts x longest)", default=16384)
     max_wait_ms: float = _help(
         "how long a batch waits for requests still being encoded before it runs (none on their way: no wait)",

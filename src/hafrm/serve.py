@@ -406,7 +406,7 @@ def run_serve(cfg: ServeConfig) -> None:
     from .scoring import RewardModel
 
     api_key = os.environ.get(cfg.api_key_env) or None
-    head = RewardModel(cfg.model, cfg.max_length, dtype=getattr(torch, cfg.dtype))
+    head = RewardModel(cfg.model, cfg.max_length, share_prompts=cfg.share_prompts, dtype=getattr(torch, cfg.dtype))
     head.serving = True  # an implicit reward (dpo run) keeps its base model beside it, no disk cache per request
     head.load()  # before the first request
     app = create_app(head, cfg, api_key)
