@@ -100,6 +100,19 @@ def test_serve_benchmark_loads_every_server(tiny_model, pairs_file, tmp_path):
                      out, re.MULTILINE)  # fmt: skip
 
 
+def test_reward_function_benchmark_times_grouped_and_ungrouped_steps(reward_runs):
+    out = run("reward_fn.py", "--model", str(reward_runs["rm"]), "--data", "builtin:test@16",
+              "--group-size", "2,4", "--prompts-per-step", "2", "--steps", "2", "--max-length", "256")  # fmt: skip
+    lines = re.findall(
+        r"^G=(\d), 2 prompts per step: grouped [\d.]+ s/step, ungrouped [\d.]+ s/step, ungrouped / grouped [\d.]+; "
+        r"largest reward difference (\S+)$",
+        out,
+        re.MULTILINE,
+    )
+    assert [g for g, _ in lines] == ["2", "4"]
+    assert all(float(difference) < 1e-4 for _, difference in lines)  # the same rewards either way
+
+
 def test_gpu_script_runs_end_to_end_at_toy_sizes(tiny_model, pairs_file, tmp_path):
     """`benchmarks/gpu.sh --dry-run`: every step of the GPU run, on the CPU, with the tiny model."""
     out = tmp_path / "gpu"
