@@ -14,5 +14,6 @@ if [ "$#" -eq 0 ]; then  # the whole run (not a selection passed through to pyte
   .venv-lowest/bin/python -m pytest -q -p no:cacheprovider tests/test_model.py tests/test_losses.py \
     tests/test_checkpoint.py tests/test_one_reward.py tests/test_train.py tests/test_config.py tests/test_data.py \
     tests/test_load.py tests/test_templates.py tests/test_reference.py tests/test_prompt_sharing.py \
-    tests/test_reward_heads.py tests/test_serve.py tests/test_matrix.py tests/test_sources.py tests/test_plots.py
+    tests/test_reward_heads.py tests/test_serve.py tests/test_matrix.py tests/test_sources.py tests/test_plots.py \
+    tests/test_grouped_scoring.py
 fi

@@ -553,3 +553,27 @@ def test_a_deepspeed_launch_on_a_gpu_without_deepspeed_stops_before_anything_loa
     monkeypatch.setattr(devices, "on_cpu", lambda: False)
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
     check_engine()
+
+
+def test_the_liger_comparison_without_liger_stops_with_the_extra_to_add(monkeypatch, capsys):
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import train_step
+    finally:
+        sys.path.pop(0)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel" else real(name, *a)
+    )
+    with pytest.raises(SystemExit) as stopped:
+        train_step.parse_args(["--trl-liger"])
+    assert stopped.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("error: --trl-liger needs the liger_kernel package, not installed here: pip install 'hafrm[liger]'")
+    )
+    assert train_step.parse_args([]).trl_liger is False
