@@ -24,7 +24,7 @@ from .data.templates import ensure_pad_token, pad_problem
 from .default_model import resolve_model_path
 from .devices import to_scoring_device
 from .model import SCORE_HEAD, attach_score_head
-from .modelcard import write_model_card
+from .modelcard import lora_loading_lines, write_model_card
 from .runrecord import read_run_record, write_run_record
 from .writes import atomic_write_text
 
@@ -119,52 +119,18 @@ def update_config_json(directory: str | Path, values: dict | None = None) -> Non
 
 
 def write_adapter_note(directory: str | Path, shown_as: str | Path | None = None) -> None:
-    """Beside a LoRA adapter: LOADING.md, with the exact code that loads this run as a reward model.
-
-    Two cases: the pad token is one the base model's embeddings hold (the tokenizer's own, or a reserved
-    token), and transformers' peft integration loads the run in one call; or hafrm added the pad (SmolLM2,
-    Mistral), and the base model needs one more embedding row before the adapter loads. That row only
-    ever meets padding, which no reward reads, so how it is initialised does not change a reward.
+    """Beside a LoRA adapter: LOADING.md, with the exact code that loads this run as a reward model
+    (`modelcard.lora_loading_lines`: the same code as the model card's).
     `shown_as`: the directory the note names, where it is written somewhere else first (the final save).
     """
     directory = Path(directory)
-    adapter_path = directory / "adapter_config.json"
-    if not adapter_path.is_file():
+    if not (directory / "adapter_config.json").is_file():
         return
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    base = json.loads(adapter_path.read_text())["base_model_name_or_path"]
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    rows = AutoConfig.from_pretrained(base).get_text_config().vocab_size
-    added = tokenizer.pad_token_id >= rows
     run = str(shown_as or directory)
-    lines = [
-        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
-        "",
-        f"run, base = {run!r}, {base!r}",
-        "tokenizer = AutoTokenizer.from_pretrained(run)",
-    ]
-    if added:
-        lines += [
-            "model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)",
-            f"model.resize_token_embeddings(len(tokenizer))  # the row of the pad token hafrm added ({tokenizer.pad_token!r})",
-            "model.config.pad_token_id = tokenizer.pad_token_id",
-            "model.load_adapter(run)  # LoRA adapters and the trained head `score` (transformers' peft integration)",
-            "model.eval()",
-        ]
-        case = (
-            f"hafrm added the pad token {tokenizer.pad_token!r} (id {tokenizer.pad_token_id}) to the base model's "
-            f"{rows} embedding rows, so the base model gets one more row before the adapter loads"
-        )
-    else:
-        lines += [
-            "model = AutoModelForSequenceClassification.from_pretrained(",
-            "    run, num_labels=1, pad_token_id=tokenizer.pad_token_id",
-            ").eval()  # the base model, then the adapter with the trained head `score` (transformers' peft integration)",
-        ]
-        case = (
-            f"the pad token {tokenizer.pad_token!r} (id {tokenizer.pad_token_id}) is one the base model already holds"
-        )
+    lines, case, base = lora_loading_lines(directory, run, tokenizer)
     if tokenizer.chat_template:
         lines += ["", "text = tokenizer.apply_chat_template(messages, tokenize=False)  # prompt + reply, rendered"]
         lines += ['reward = model(**tokenizer(text, add_special_tokens=False, return_tensors="pt")).logits[0, 0]']

@@ -72,10 +72,52 @@ def _render(tokenizer_has_template: bool) -> list[str]:
     ]
 
 
+def lora_loading_lines(directory: Path, run: str, tokenizer) -> tuple[list[str], str, str]:
+    """(the code that loads a LoRA run as a 1-label classifier in transformers, the case it is in words, the base).
+
+    Two cases: the pad token is one the base model's embeddings hold (the tokenizer's own, or a reserved token),
+    and transformers' peft integration loads the run in one call; or hafrm added the pad (SmolLM2, Mistral), and
+    the base model needs one more embedding row before the adapter loads. That row only ever meets padding, which
+    no reward reads, so how it is initialised does not change a reward.
+    """
+    from transformers import AutoConfig
+
+    base = json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
+    rows = AutoConfig.from_pretrained(base).get_text_config().vocab_size
+    lines = [
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "",
+        f"run, base = {run!r}, {base!r}",
+        "tokenizer = AutoTokenizer.from_pretrained(run)",
+    ]
+    if tokenizer.pad_token_id >= rows:
+        lines += [
+            "model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)",
+            f"model.resize_token_embeddings(len(tokenizer))  # the row of the pad token hafrm added ({tokenizer.pad_token!r})",
+            "model.config.pad_token_id = tokenizer.pad_token_id",
+            "model.load_adapter(run)  # LoRA adapters and the trained head `score` (transformers' peft integration)",
+            "model.eval()",
+        ]  # fmt: skip
+        case = (
+            f"hafrm added the pad token {tokenizer.pad_token!r} (id {tokenizer.pad_token_id}) to the base model's "
+            f"{rows} embedding rows, so the base model gets one more row before the adapter loads"
+        )
+    else:
+        lines += [
+            "model = AutoModelForSequenceClassification.from_pretrained(",
+            "    run, num_labels=1, pad_token_id=tokenizer.pad_token_id",
+            ").eval()  # the base model, then the adapter with the trained head `score` (transformers' peft integration)",
+        ]  # fmt: skip
+        case = (
+            f"the pad token {tokenizer.pad_token!r} (id {tokenizer.pad_token_id}) is one the base model already holds"
+        )
+    return lines, case, base
+
+
 def loading_code(directory: Path, shown_as: str, record: dict) -> dict[str, str]:
     """{reader: code} that loads this run as a reward model: hafrm always; transformers, TRL and OpenRLHF where
     they can read it (directly, or after `hafrm export`)."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     run = shown_as
     code = {
@@ -92,23 +134,7 @@ def loading_code(directory: Path, shown_as: str, record: dict) -> dict[str, str]
     rendered = _render(bool(tokenizer.chat_template))
     header = ["from transformers import AutoModelForSequenceClassification, AutoTokenizer", ""]
     if _is_lora(directory):
-        base = json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
-        rows = AutoConfig.from_pretrained(base).get_text_config().vocab_size
-        lines = [*header, f"run, base = {run!r}, {base!r}", "tokenizer = AutoTokenizer.from_pretrained(run)"]
-        if tokenizer.pad_token_id >= rows:
-            lines += [
-                "model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)",
-                f"model.resize_token_embeddings(len(tokenizer))  # the row of the pad token hafrm added ({tokenizer.pad_token!r})",
-                "model.config.pad_token_id = tokenizer.pad_token_id",
-                "model.load_adapter(run)  # LoRA adapters and the trained head `score` (transformers' peft integration)",
-                "model.eval()",
-            ]  # fmt: skip
-        else:
-            lines += [
-                "model = AutoModelForSequenceClassification.from_pretrained(",
-                "    run, num_labels=1, pad_token_id=tokenizer.pad_token_id",
-                ").eval()  # the base model, then the adapter with the trained head `score` (transformers' peft integration)",
-            ]  # fmt: skip
+        lines, _, _ = lora_loading_lines(directory, run, tokenizer)
         merged = f"{run}-merged"  # TRL and OpenRLHF read full directories: `hafrm export` merges the adapters
         code["transformers"] = "\n".join([*lines, "", *rendered])
         code["trl"] = "\n".join(_trl_lines(merged))
