@@ -151,3 +151,32 @@ def test_a_batch_runs_at_once_when_nothing_is_coming_and_waits_for_what_is():
 
     assert asyncio.run(scenario([False])) == [3]  # alone: runs without waiting for the late one
     assert asyncio.run(scenario([True])) == [3, 2]  # one on its way: the batch waits for it
+
+
+def test_the_server_scores_a_rollout_group_as_each_text_alone(grouped_runs):
+    """/get_reward (full texts: the prefix found in token ids) and /score (prompt + responses), batched."""
+    from fastapi.testclient import TestClient
+
+    from hafrm.config import ServeConfig
+    from hafrm.serve import create_app
+
+    cfg = ServeConfig(model=str(grouped_runs["full rm"]), max_length=256)
+    head = RewardModel(cfg.model, cfg.max_length).load()
+    texts = rollout_texts()
+    with TestClient(create_app(head, cfg)) as client:
+        alone = [client.post("/get_reward", json={"query": [text]}).json()["rewards"][0] for text in texts]
+        together = client.post("/get_reward", json={"query": texts}).json()["rewards"]
+        assert together == pytest.approx(alone, abs=1e-5, rel=1e-5)
+        single = [
+            client.post("/score", json={"prompt": PROMPTS[0], "responses": [completion]}).json()["rewards"][0]
+            for completion in COMPLETIONS
+        ]
+        grouped = client.post("/score", json={"prompt": PROMPTS[0], "responses": COMPLETIONS}).json()["rewards"]
+        assert grouped == pytest.approx(single, abs=1e-5, rel=1e-5)
+    assert unwrap_verdict(head) is True  # the server checked the model and shared the prefixes
+
+
+def unwrap_verdict(head):
+    from hafrm.model import unwrap
+
+    return getattr(unwrap(head.model), "_hafrm_cached_prefix_verified", None)
