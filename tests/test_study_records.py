@@ -1,0 +1,82 @@
+"""scripts/study_records.py: an experiment's records saved without weights, and restored so that
+`hafrm experiment` sees finished runs and evaluations as done and plans only what is missing."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from hafrm.experiment import plan
+from hafrm.experiment_runs import ExperimentSpec
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "study_records.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("study_records", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_experiment(runs: Path) -> ExperimentSpec:
+    spec = ExperimentSpec(
+        name="study-x",
+        output_dir=str(runs / "study-x"),
+        evaluate={"test": "builtin:test@8"},
+        runs={"rm": {}, "haf": {}},
+    )
+    finished = runs / "study-x" / "rm" / "seed0"
+    finished.mkdir(parents=True)
+    (finished / "hafrm.json").write_text(json.dumps({"method": "rm"}))
+    (finished / "eval-test.json").write_text(json.dumps({"reward_head": {"accuracy": 0.75}}))
+    (finished / "trainer-log.json").write_text("[]")
+    (finished / "model.safetensors").write_bytes(b"weights")
+    started = runs / "study-x" / "haf" / "seed0"
+    started.mkdir(parents=True)
+    (started / "hafrm-run.json").write_text("{}")  # started, not finished: not saved
+    (runs / "study-x" / "results.md").write_text("# study-x\n")
+    (runs / "study-x" / "accuracy.png").write_bytes(b"png")
+    return spec
+
+
+def test_save_keeps_records_not_weights_and_restore_marks_runs_done(tmp_path):
+    script = load_script()
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    docs.mkdir()
+    spec = fake_experiment(runs)
+    script.save("study-x", runs, docs)
+    kept = docs / "study-x-runs" / "rm" / "seed0"
+    assert sorted(p.name for p in kept.iterdir()) == ["eval-test.json", "hafrm.json", "trainer-log.json"]
+    assert not (docs / "study-x-runs" / "haf").exists()
+    assert (docs / "study-x.md").read_text() == "# study-x\n"
+    assert (docs / "study-x-accuracy.png").read_bytes() == b"png"
+
+    fresh = tmp_path / "fresh"  # a new checkout: no runs at all
+    spec.output_dir = str(fresh / "study-x")
+    assert plan(spec)[0].startswith("rm seed 0: to train")
+    restored = script.restore("study-x", fresh, docs)
+    assert restored == [fresh / "study-x" / "rm" / "seed0"]
+    assert plan(spec) == [
+        f"rm seed 0: done -> {fresh / 'study-x' / 'rm' / 'seed0'}",
+        "    eval test: done",
+        f"haf seed 0: to train -> {fresh / 'study-x' / 'haf' / 'seed0'}",
+        "    eval test: to do",
+    ]
+    assert script.restore("study-x", fresh, docs) == []  # a finished run here is left as it is
+
+
+def test_restore_refuses_to_write_over_an_unfinished_run(tmp_path):
+    script = load_script()
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    docs.mkdir()
+    fake_experiment(runs)
+    script.save("study-x", runs, docs)
+    half = tmp_path / "other" / "study-x" / "rm" / "seed0"
+    half.mkdir(parents=True)
+    (half / "hafrm-run.json").write_text("{}")
+    with pytest.raises(SystemExit, match="holds an unfinished run"):
+        script.restore("study-x", tmp_path / "other", docs)
+    with pytest.raises(SystemExit, match="nothing of study-y was saved"):
+        script.restore("study-y", runs, docs)
