@@ -80,3 +80,21 @@ def test_restore_refuses_to_write_over_an_unfinished_run(tmp_path):
         script.restore("study-x", tmp_path / "other", docs)
     with pytest.raises(SystemExit, match="nothing of study-y was saved"):
         script.restore("study-y", runs, docs)
+
+
+def test_a_restored_run_without_weights_is_not_reused_by_a_design_that_loads_it(tmp_path, capsys):
+    from hafrm.experiment_runs import reusable_run
+
+    script = load_script()
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    docs.mkdir()
+    fake_experiment(runs)
+    script.save("study-x", runs, docs)
+    fresh = tmp_path / "fresh"
+    script.restore("study-x", fresh, docs)
+    bon = ExperimentSpec(
+        name="bon-x", output_dir=str(tmp_path / "bon"), evaluate={}, runs={"rm": {}}, reuse_runs=str(fresh / "study-x")
+    )
+    assert reusable_run(bon, "rm", 0) is None
+    assert "holds a finished run's records but no weights; training rm seed 0 here" in capsys.readouterr().out
+    assert plan(bon) == [f"rm seed 0: to train -> {tmp_path / 'bon' / 'rm' / 'seed0'}"]

@@ -46,7 +46,7 @@ from .experiment_runs import (
 )
 from .fields import ConfigError, coerce
 from .preflight import TRAINED_BY_THE_RUNS
-from .runrecord import has_run_record
+from .runrecord import has_run_record, has_weights
 from .validation import check_fields, validate
 
 DESIGNS = ("comparison", "mixed", "transfer", "alpha-sweep", "head-agreement", "bon", "rlhf")
@@ -216,8 +216,9 @@ def plan(spec: ExperimentSpec) -> list[str]:
         for seed in seeds_of(spec, run_name):
             directory = run_dir(spec, run_name, seed)
             state = "done" if has_run_record(directory) else "to train"
-            if spec.reuse_runs and has_run_record(Path(spec.reuse_runs) / run_name / f"seed{seed}"):
-                directory, state = Path(spec.reuse_runs) / run_name / f"seed{seed}", "reused if trained alike"
+            other = Path(spec.reuse_runs) / run_name / f"seed{seed}"
+            if spec.reuse_runs and has_run_record(other) and has_weights(other):
+                directory, state = other, "reused if trained alike"
             lines.append(f"{run_name} seed {seed}: {state} -> {directory}")
             for set_name in sets_of(spec, run_name):
                 done = (directory / f"eval-{set_name}.json").is_file()

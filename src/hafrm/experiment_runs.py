@@ -19,7 +19,7 @@ from pathlib import Path
 from .config import TrainConfig
 from .fields import ConfigError, coerce
 from .rundir import FREE_ON_RESUME, RunDirectory
-from .runrecord import has_run_record, read_run_record
+from .runrecord import has_run_record, has_weights, read_run_record
 
 DEFAULT_RUNS = {"rm": {"method": "rm"}, "dpo": {"method": "dpo"}, "haf": {"method": "haf"}}
 
@@ -95,6 +95,9 @@ def reusable_run(spec: ExperimentSpec, run_name: str, seed: int) -> Path | None:
         return None
     other = Path(spec.reuse_runs) / run_name / f"seed{seed}"
     if not has_run_record(other):
+        return None
+    if not has_weights(other):
+        print(f"note: {other} holds a finished run's records but no weights; training {run_name} seed {seed} here")
         return None
     recorded = read_run_record(other, fill_in=False)
     wanted = dataclasses.asdict(train_config(spec, run_name, seed))

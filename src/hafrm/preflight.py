@@ -28,17 +28,11 @@ from .config import (
 from .default_model import ALIASES
 from .fields import ConfigError
 from .rundir import output_dir_problem
-from .runrecord import RUN_RECORD, has_run_record
+from .runrecord import MODEL_WEIGHT_FILES, RUN_RECORD, has_run_record
 
 HUB_TIMEOUT_S = 5.0  # a reachable hub answers in well under a second; an unreachable one must not stall a check
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # what huggingface_hub reads as set
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
 DATA_SUFFIXES = (".json", ".jsonl", ".gz", ".parquet")
 # report_to name -> (its availability check in transformers.integrations, what to pip install). Trackers
 # transformers knows but that are no package (kubeflow: an environment variable) are passed through.
@@ -103,7 +97,7 @@ def _check_hub_model(flag: str, repo_id: str, weights: bool) -> None:
         validate_repo_id(repo_id)
     except HFValidationError:
         raise ConfigError(f"{flag} {repo_id}: neither a local directory nor a hub id (NAME or ORG/NAME)") from None
-    needed = [("config.json",), WEIGHT_FILES] if weights else [("config.json",)]
+    needed = [("config.json",), MODEL_WEIGHT_FILES] if weights else [("config.json",)]
     if all(any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in group) for group in needed):
         return
     problem = hub_problem(flag, repo_id)

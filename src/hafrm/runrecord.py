@@ -80,6 +80,22 @@ def has_run_record(directory: str | Path) -> bool:
     return (Path(directory) / RUN_RECORD).is_file()
 
 
+# The files that hold a model's weights, one of each group being enough: a full model's, then an adapter's.
+MODEL_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def has_weights(directory: str | Path) -> bool:
+    """Whether `directory` holds weights: a run's records restored without them (scripts/study_records.py)
+    tabulate, but cannot be loaded again."""
+    return any((Path(directory) / name).is_file() for name in MODEL_WEIGHT_FILES + ADAPTER_WEIGHT_FILES)
+
+
 def read_run_record(directory: str | Path, name: str = RUN_RECORD, fill_in: bool = True) -> dict:
     """The record in `directory`, with FILLED_IN's value for each field it lacks.
 
