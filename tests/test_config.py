@@ -435,7 +435,7 @@ def test_a_run_s_max_length_is_bounded_by_its_model(reward_runs, tiny_model, tmp
 
 
 def test_shipped_configs_are_found_by_name_and_a_wrong_name_lists_them(tmp_path, monkeypatch, capsys):
-    from hafrm.config import config_path, shipped_configs
+    from hafrm.config import config_name, config_path, shipped_configs
 
     monkeypatch.chdir(tmp_path)  # nothing here: the package's own files answer
     shipped = shipped_configs()
@@ -445,6 +445,10 @@ def test_shipped_configs_are_found_by_name_and_a_wrong_name_lists_them(tmp_path,
     assert config_path("accelerate/zero3") == shipped["accelerate/zero3"]
     (tmp_path / "quickstart").write_text("lr: 1\n")  # a file of that name wins over the shipped config
     assert config_path("quickstart") == Path("quickstart")
+    # results.md shows the command as a user types it: the shipped name, a user's file as given
+    assert config_name(config_path("study-lora", "experiments"), "experiments") == "study-lora"
+    assert config_name(shipped["accelerate/zero2"]) == "accelerate/zero2"
+    assert config_name(Path("mine/study.yaml"), "experiments") == "mine/study.yaml"
     with pytest.raises(ConfigError) as unknown:
         config_path("study-bulitin", "experiments")
     assert str(unknown.value).startswith(

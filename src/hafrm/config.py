@@ -428,6 +428,15 @@ def config_path(value: str, folder: str = "") -> Path:
     raise ConfigError(f"{value}: no such file, and no config of that name ships with hafrm{guess}; shipped: {shown}")
 
 
+def config_name(path: str | Path, folder: str = "") -> str:
+    """How a user names `path` on the command line: a shipped config by its name (`study-lora`, the inverse of
+    `config_path`), any other file as it was given."""
+    for name, shipped in shipped_configs().items():
+        if Path(path).resolve() == shipped.resolve():
+            return name.removeprefix(f"{folder}/") if folder else name
+    return str(path)
+
+
 def _tidy_help(parser, config_class) -> None:
     """The parser as a user reads it: `hafrm COMMAND [options]`, dashed flags only (the underscore forms still
     parse), one line per on/off pair (`--packing` says how to turn it off), `BOOL` for a flag's optional value,

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from .bon import RANDOM, bon_report, finished_share, score_all, write_report
-from .config import BonConfig, RlhfConfig
+from .config import BonConfig, RlhfConfig, config_name
 from .rlhf import compare, read_curve, run_rlhf
 
 # ---------------------------------------------------------------- bon-builtin
@@ -153,7 +153,7 @@ def bon_summary_markdown(spec, summary: dict, config_path: Path, cfg: BonConfig)
         lines.append(f"| {run} | " + " | ".join(f"{row['curve'][size]['mean']:.3f}" for size in sizes) + " |")
     lines.append("| random | " + " | ".join(f"{summary['random']['curve'][size]:.3f}" for size in sizes) + " |")
     lines.append("| judge's best | " + " | ".join(f"{summary['ceiling'][size]:.3f}" for size in sizes) + " |")
-    lines += ["", "## Budget and command", "", f"`hafrm experiment {config_path}`", "", "```yaml",
+    lines += ["", "## Budget and command", "", f"`hafrm experiment {config_name(config_path, 'experiments')}`", "", "```yaml",
               yaml.safe_dump({"base": spec.base, "runs": spec.runs, "seeds": spec.seeds,
                               **({"run_seeds": spec.run_seeds} if spec.run_seeds else {}), "bon": spec.bon},
                              sort_keys=False).rstrip(), "```"]  # fmt: skip
@@ -252,7 +252,7 @@ def run_rlhf_experiment(spec, config_path: Path) -> dict:
         for p in points:
             lines.append(f"| {p['step']} | {p['wins']} / {p['ties']} / {p['losses']} | {p['win_rate']:.3f} "
                          f"[{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] |")  # fmt: skip
-    lines += ["", "## Budget and command", "", f"`hafrm experiment {config_path}`", "", "```yaml",
+    lines += ["", "## Budget and command", "", f"`hafrm experiment {config_name(config_path, 'experiments')}`", "", "```yaml",
               yaml.safe_dump({"base": spec.base, "runs": spec.runs, "seeds": spec.seeds, "rlhf": spec.rlhf},
                              sort_keys=False).rstrip(), "```"]  # fmt: skip
     (output / "results.md").write_text("\n".join(lines) + "\n")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import BonConfig, EvalConfig, RlhfConfig, config_path, read_yaml
+from .config import BonConfig, EvalConfig, RlhfConfig, config_name, config_path, read_yaml
 from .experiment_runs import (
     ExperimentSpec,
     baselines,
@@ -381,7 +381,7 @@ def results_markdown(spec: ExperimentSpec, table: dict, config_path: Path) -> st
         "",
         "## Budget and command",
         "",
-        f"`hafrm experiment {config_path}{' ' + spec.selection if spec.selection else ''}`",
+        f"`hafrm experiment {config_name(config_path, 'experiments')}{' ' + spec.selection if spec.selection else ''}`",
         "",
         "```yaml",
         yaml.safe_dump(
