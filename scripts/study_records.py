@@ -5,12 +5,15 @@
 
 `save` copies what a reader and a later run need, never weights: results.md as docs/results/NAME.md,
 each plot as docs/results/NAME-PLOT.png, results.json and, per finished run and seed, hafrm.json,
-README.md, trainer-log.json and every eval-SET.json into docs/results/NAME-runs/RUN/seedS/.
+README.md, trainer-log.json and every eval-SET.json into docs/results/NAME-runs/RUN/seedS/ (a best-of-N
+design's samples and scores into docs/results/NAME-runs/bon/).
 
 `restore` puts each saved finished run back where `hafrm experiment` looks for it (a directory with
 hafrm.json is a finished run; an eval-SET.json is a finished evaluation), so the experiment trains and
 evaluates only what is missing and rewrites its tables from every run. A restored run has no weights:
-a design that loads the model again (best-of-N reusing these runs) needs it trained again.
+a design that loads the model again needs it trained again, except best-of-N, whose samples and scores
+(bon/samples.jsonl, bon/scores/LABEL.json) are saved and restored too: a run whose scores of the samples
+are kept is not loaded.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ("hafrm.json", "README.md", "trainer-log.json")
+# a best-of-N design's samples and each reward model's scores of them: with these, the design tabulates
+# again without loading a model (the oracle judges on the spot)
+SCORED = ("bon/samples.jsonl", "bon/samples.meta.json", "bon/scores/*.json")
 
 
 def save(name: str, runs: Path, docs: Path) -> list[Path]:
@@ -38,6 +44,12 @@ def save(name: str, runs: Path, docs: Path) -> list[Path]:
             if path.is_file():
                 shutil.copyfile(path, target / path.name)
                 written.append(target / path.name)
+    for pattern in SCORED:
+        for path in sorted(source.glob(pattern)):
+            target = kept / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            written.append(target)
     if (source / "results.md").is_file():
         shutil.copyfile(source / "results.md", docs / f"{name}.md")
         written.append(docs / f"{name}.md")
@@ -67,6 +79,13 @@ def restore(name: str, runs: Path, docs: Path) -> list[Path]:
         for path in sorted(p for p in record.parent.iterdir() if p.name != "hafrm.json") + [record]:
             shutil.copyfile(path, target / path.name)
         restored.append(target)
+    for pattern in SCORED:
+        for path in sorted(kept.glob(pattern)):
+            target = runs / name / path.relative_to(kept)
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+                restored.append(target)
     return restored
 
 
@@ -82,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"saved {len(done)} files of {args.name} under {args.docs}")
     else:
         done = restore(args.name, args.runs, args.docs)
-        print(f"restored {len(done)} finished runs of {args.name}: " + ", ".join(str(p) for p in done))
+        print(f"restored {len(done)} finished runs and kept files of {args.name}: " + ", ".join(str(p) for p in done))
     return 0
 
 

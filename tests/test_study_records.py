@@ -98,3 +98,50 @@ def test_a_restored_run_without_weights_is_not_reused_by_a_design_that_loads_it(
     assert reusable_run(bon, "rm", 0) is None
     assert "holds a finished run's records but no weights; training rm seed 0 here" in capsys.readouterr().out
     assert plan(bon) == [f"rm seed 0: to train -> {tmp_path / 'bon' / 'rm' / 'seed0'}"]
+
+
+def test_best_of_n_tabulates_again_from_restored_scores_without_weights(tmp_path, tiny_model, pairs_file, monkeypatch):
+    import yaml
+
+    import hafrm.bon
+    import hafrm.train
+    from hafrm import experiment
+
+    script = load_script()
+    base = {"model": tiny_model, "data": str(pairs_file), "max_length": 96, "batch_size": 8, "lr": 5e-3}
+    base |= {"max_steps": 2, "eval_steps": 2, "eval_on_start": False, "val_fraction": 0.2}
+    study = {"name": "study-t", "output_dir": "runs/experiments/study-t", "seeds": [0], "base": base}
+    study |= {"runs": {"rm": {"method": "rm"}}, "evaluate": {"mine": f"{pairs_file}:test"}}
+    bon = {**study, "name": "bon-t", "output_dir": "runs/experiments/bon-t", "design": "bon", "evaluate": {}}
+    bon |= {"reuse_runs": "runs/experiments/study-t", "bon": {"limit": 3, "n": 2, "max_new_tokens": 4}}
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for where in ("first", "fresh"):
+        (tmp_path / where).mkdir()
+        for spec in (study, bon):
+            (tmp_path / where / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.chdir(tmp_path / "first")
+    experiment.run_experiment("study-t.yaml")
+    first = experiment.run_experiment("bon-t.yaml")
+    assert (Path("runs/experiments/bon-t") / "rm").exists() is False  # rm came from study-t
+    runs = Path("runs/experiments")
+    for name in ("study-t", "bon-t"):
+        script.save(name, runs, docs)
+    assert sorted(p.name for p in (docs / "bon-t-runs" / "bon" / "scores").iterdir()) == ["rm-seed0.json"]
+
+    monkeypatch.chdir(tmp_path / "fresh")  # a new checkout: records, samples and scores; no weights
+    for name in ("study-t", "bon-t"):
+        script.restore(name, runs, docs)
+    monkeypatch.setattr(hafrm.train, "train", lambda cfg: pytest.fail(f"retrained {cfg.output_dir}"))
+    monkeypatch.setattr(hafrm.bon.Policy, "__init__", lambda *a: pytest.fail("sampled again"))
+    monkeypatch.setattr(hafrm.bon, "RewardModel", lambda *a, **k: pytest.fail("loaded a reward model"))
+    assert experiment.run_experiment("bon-t.yaml")["table"] == first["table"]
+
+    # scores of other samples cannot be reused without the model: that run trains again
+    scores = runs / "bon-t" / "bon" / "scores" / "rm-seed0.json"
+    scores.write_text(json.dumps(json.loads(scores.read_text()) | {"source": "elsewhere"}))
+    trained = []
+    monkeypatch.setattr(hafrm.train, "train", lambda cfg: trained.append(cfg.output_dir) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        experiment.run_experiment("bon-t.yaml")
+    assert trained == [str(runs / "bon-t" / "rm" / "seed0")]

@@ -182,10 +182,18 @@ def reward_scores(directory: str, lines: list[dict], cfg: BonConfig, label: str)
                   "and were cut as training cuts them")  # fmt: skip
         return _regrid(values, lines)
 
-    safe = label.replace("/", "-")
-    return _cached_grid(
-        Path(cfg.output_dir) / "scores" / f"{safe}.json", samples_digest(lines), str(directory), compute
-    )
+    return _cached_grid(scores_path(cfg.output_dir, label), samples_digest(lines), str(directory), compute)
+
+
+def scores_path(output_dir: str | Path, label: str) -> Path:
+    return Path(output_dir) / "scores" / f"{label.replace('/', '-')}.json"
+
+
+def holds_scores(output_dir: str | Path, label: str, directory: str | Path) -> bool:
+    """Whether scores/LABEL.json holds `directory`'s scores (of the samples it was computed on: a change of
+    samples recomputes them, and that needs the model)."""
+    path = scores_path(output_dir, label)
+    return path.is_file() and json.loads(path.read_text()).get("source") == str(directory)
 
 
 def judge_scores(cfg: BonConfig, lines: list[dict]) -> tuple[str, list[list[float]]]:

@@ -13,7 +13,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .bon import RANDOM, bon_report, finished_share, score_all, write_report
+from .bon import RANDOM, bon_report, finished_share, holds_scores, score_all, write_report
 from .config import BonConfig, RlhfConfig, config_name
 from .rlhf import compare, read_curve, run_rlhf
 
@@ -165,7 +165,9 @@ def run_bon_experiment(spec, config_path: Path) -> dict:
     from . import plots
     from .experiment_runs import train_all
 
-    rewards = train_all(spec)
+    # a run restored without weights serves where its scores of the samples are kept; any other is trained
+    scored = Path(spec.output_dir) / "bon"
+    rewards = train_all(spec, needs_weights=lambda label, directory: not holds_scores(scored, label, directory))
     cfg = experiment_bon_config(spec, rewards)
     lines, judge_name, judge, selectors = score_all(cfg)
     report = bon_report(judge_name, judge, selectors) | {"finished": finished_share(lines)}

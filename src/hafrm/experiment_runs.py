@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,14 +90,20 @@ def train_config(spec: ExperimentSpec, run_name: str, seed: int) -> TrainConfig:
         return TrainConfig(**coerce(TrainConfig, values))  # YAML values read as the flags would read them
 
 
-def reusable_run(spec: ExperimentSpec, run_name: str, seed: int) -> Path | None:
-    """The same run and seed in `spec.reuse_runs`, when it finished with exactly this run's training settings."""
+def reusable_run(
+    spec: ExperimentSpec, run_name: str, seed: int, needs_weights: Callable[[str, Path], bool] | None = None
+) -> Path | None:
+    """The same run and seed in `spec.reuse_runs`, when it finished with exactly this run's training settings.
+
+    A run restored without weights (scripts/study_records.py) is reused only where `needs_weights(label,
+    directory)` says the design will not load it (best-of-N holding its scores of the samples already).
+    """
     if not spec.reuse_runs:
         return None
     other = Path(spec.reuse_runs) / run_name / f"seed{seed}"
     if not has_run_record(other):
         return None
-    if not has_weights(other):
+    if not has_weights(other) and (needs_weights is None or needs_weights(f"{run_name}/seed{seed}", other)):
         print(f"note: {other} holds a finished run's records but no weights; training {run_name} seed {seed} here")
         return None
     recorded = read_run_record(other, fill_in=False)
@@ -115,7 +122,7 @@ def reusable_run(spec: ExperimentSpec, run_name: str, seed: int) -> Path | None:
     return other
 
 
-def train_all(spec: ExperimentSpec) -> dict[str, Path]:
+def train_all(spec: ExperimentSpec, needs_weights: Callable[[str, Path], bool] | None = None) -> dict[str, Path]:
     """Train (or resume, keep, or reuse from `reuse_runs`) every run and seed -> {"run/seedS": directory}.
 
     Seed by seed: every run of the first seed is trained before any of the second, so an interrupted
@@ -126,7 +133,7 @@ def train_all(spec: ExperimentSpec) -> dict[str, Path]:
         for run_name in spec.runs:
             if seed not in seeds_of(spec, run_name):
                 continue
-            reused = reusable_run(spec, run_name, seed)
+            reused = reusable_run(spec, run_name, seed, needs_weights)
             if reused is None:
                 train_once(spec, run_name, seed)
             directories[f"{run_name}/seed{seed}"] = reused or run_dir(spec, run_name, seed)
