@@ -132,6 +132,9 @@ def test_best_of_n_tabulates_again_from_restored_scores_without_weights(tmp_path
     monkeypatch.chdir(tmp_path / "fresh")  # a new checkout: records, samples and scores; no weights
     for name in ("study-t", "bon-t"):
         script.restore(name, runs, docs)
+    assert plan(experiment.load_spec("bon-t.yaml"))[0] == (
+        "rm seed 0: reused if trained alike -> runs/experiments/study-t/rm/seed0"
+    )
     monkeypatch.setattr(hafrm.train, "train", lambda cfg: pytest.fail(f"retrained {cfg.output_dir}"))
     monkeypatch.setattr(hafrm.bon.Policy, "__init__", lambda *a: pytest.fail("sampled again"))
     monkeypatch.setattr(hafrm.bon, "RewardModel", lambda *a, **k: pytest.fail("loaded a reward model"))

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from .bon import holds_scores
 from .config import BonConfig, EvalConfig, RlhfConfig, config_name, config_path, read_yaml
 from .experiment_runs import (
     ExperimentSpec,
@@ -217,7 +218,11 @@ def plan(spec: ExperimentSpec) -> list[str]:
             directory = run_dir(spec, run_name, seed)
             state = "done" if has_run_record(directory) else "to train"
             other = Path(spec.reuse_runs) / run_name / f"seed{seed}"
-            if spec.reuse_runs and has_run_record(other) and has_weights(other):
+            # a run without weights (restored records) serves best-of-N where its scores of the samples are kept
+            scored = spec.design == "bon" and holds_scores(
+                Path(spec.output_dir) / "bon", f"{run_name}/seed{seed}", other
+            )
+            if spec.reuse_runs and has_run_record(other) and (has_weights(other) or scored):
                 directory, state = other, "reused if trained alike"
             lines.append(f"{run_name} seed {seed}: {state} -> {directory}")
             for set_name in sets_of(spec, run_name):
